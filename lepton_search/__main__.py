@@ -1,0 +1,5 @@
+import sys
+
+from lepton_search.cli import main
+
+sys.exit(main())

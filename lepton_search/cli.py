@@ -1,0 +1,212 @@
+"""The command line: a thin layer over ``search``. Errors are caught in one place (:func:`main`).
+
+Exit codes: 0 success, 1 a LeptonSearchError (bad input, storage, failed run), 2 usage error,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lepton_search import __version__
+from lepton_search.errors import LeptonSearchError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+storage_option = click.option("--storage", default=None, help="Storage URL; overrides [study].storage.")
+artifacts_option = click.option(
+    "--artifacts",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Artifact directory; overrides [study].artifacts.",
+)
+study_argument = click.argument("study_file", type=click.Path(dir_okay=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lepton-search")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Search quantization, pruning and distillation jointly for the Pareto frontier of
+    accuracy, latency and cost."""
+    ctx.obj = {"debug": debug}
+    import logging
+
+    # Optuna logs every study load at INFO; our own output says what happened.
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@cli.command()
+@study_argument
+def validate(study_file: str) -> None:
+    """Check STUDY_FILE without running it."""
+    from lepton_search.search import load_study_file
+
+    spec = load_study_file(study_file)
+    click.echo(
+        f"{study_file}: OK (study {spec.study.name!r}, task {spec.study.task!r}, objectives "
+        f"{spec.objective_names}, sampler {spec.sampler.name!r}, {spec.budget.n_trials} trials)"
+    )
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@cli.command()
+@study_argument
+@click.option("--n-trials", type=click.IntRange(min=1), default=None, help="Total trials the study should hold.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Trials evaluated at once.")
+@storage_option
+@artifacts_option
+@click.option("--ray-address", default=None, help="Join an existing Ray cluster (HOST:PORT).")
+@click.option("--no-progress", is_flag=True, help="Print one line per trial instead of a progress bar.")
+def run(
+    study_file: str,
+    n_trials: int | None,
+    workers: int | None,
+    storage: str | None,
+    artifacts: str | None,
+    ray_address: str | None,
+    no_progress: bool,
+) -> None:
+    """Run STUDY_FILE, or continue it where the last run stopped."""
+    from lepton_search.search import Locations, load_study_file, run_study
+    from lepton_search.search._progress import ProgressReporter
+
+    spec = load_study_file(study_file)
+    locations = Locations.resolve(spec, storage, artifacts)
+    console = _console()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    total = n_trials if n_trials is not None else spec.budget.n_trials
+    with ProgressReporter(console, total=total, plain=no_progress) as reporter:
+        summary = run_study(
+            spec, locations=locations, n_trials=n_trials, workers=workers, ray_address=ray_address, on_event=reporter
+        )
+    console.print(
+        f"Run finished in {summary.elapsed_s:.0f} s: {summary.completed} completed, "
+        f"{summary.failed} failed"
+        + (f", {summary.orphans_requeued} orphaned trials re-queued" if summary.orphans_requeued else "")
+    )
+    for line in summary.failures[:10]:
+        console.print(f"  [yellow]failed[/] {line}", markup=True, highlight=False)
+    _print_frontier(spec, locations)
+
+
+def _print_frontier(spec: Any, locations: Any) -> None:
+    from rich.console import Console
+
+    from lepton_search.search import frontier, load_existing_study
+    from lepton_search.search._progress import frontier_table
+
+    data = frontier(load_existing_study(spec, locations))
+    Console().print(frontier_table(data))
+
+
+@cli.command("frontier")
+@study_argument
+@storage_option
+@artifacts_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def frontier_command(study_file: str, storage: str | None, artifacts: str | None, fmt: str) -> None:
+    """Print the Pareto frontier of STUDY_FILE's study."""
+    from lepton_search.search import Locations, frontier, load_existing_study, load_study_file
+
+    spec = load_study_file(study_file)
+    locations = Locations.resolve(spec, storage, artifacts)
+    if fmt == "json":
+        click.echo(json.dumps(frontier(load_existing_study(spec, locations)), indent=2))
+    else:
+        _print_frontier(spec, locations)
+
+
+@cli.command()
+@study_argument
+@storage_option
+@artifacts_option
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default=None, help="HTML file; default <study>-report.html."
+)
+def report(study_file: str, storage: str | None, artifacts: str | None, output: str | None) -> None:
+    """Write the HTML report of STUDY_FILE's study."""
+    from lepton_search.search import Locations, load_existing_study, load_study_file, write_report
+    from lepton_search.storage import safe_name
+
+    spec = load_study_file(study_file)
+    study = load_existing_study(spec, Locations.resolve(spec, storage, artifacts))
+    path = Path(output) if output else Path(f"{safe_name(spec.study.name)}-report.html")
+    write_report(study, path)
+    click.echo(f"Wrote {path}")
+
+
+@cli.command()
+@click.option("--storage", required=True, help="Storage URL of the studies to show.")
+@artifacts_option
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to bind; keep loopback unless behind a proxy."
+)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def dashboard(storage: str, artifacts: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study storage and artifact store."""
+    from lepton_search.search._dashboard import serve
+
+    serve(storage, artifacts, host=host, port=port)
+
+
+@cli.command()
+@study_argument
+@storage_option
+@artifacts_option
+@click.option("--trial", "trial_number", type=int, required=True, help="Trial number (see `frontier`).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Directory to write into.")
+def export(study_file: str, storage: str | None, artifacts: str | None, trial_number: int, output: str) -> None:
+    """Write a trial's ONNX model and its config to a directory."""
+    from lepton_search.search import Locations, load_study_file
+    from lepton_search.search._export import export_trial
+
+    spec = load_study_file(study_file)
+    written = export_trial(spec, Locations.resolve(spec, storage, artifacts), trial_number, Path(output))
+    for path in written:
+        click.echo(f"Wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lepton-search`` console script."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="lepton-search", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except LeptonSearchError as e:
+        from lepton_search.search import RunInterrupted
+
+        if debug:
+            raise
+        click.echo(f"Error: {e}", err=True)
+        return EXIT_INTERRUPTED if isinstance(e, RunInterrupted) else EXIT_ERROR
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

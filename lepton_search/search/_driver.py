@@ -1,0 +1,494 @@
+"""The driver: the one process that owns a study.
+
+It asks Optuna for trials, turns their suggestions into configs, sends them to the executor, and
+records every outcome (values, constraints, user attributes, the exported model) before telling
+Optuna. Ray tasks never touch the database. A crash, exception, timeout or NaN becomes a FAIL trial
+whose ``fail_reason`` says why; the study goes on.
+
+Resume: a rerun of the same study file loads the study. Trials left RUNNING by a driver that was
+killed are failed with a reason and their parameters are queued again, so the budget counts only
+trials that really finished; sampler seeds are derived from the history so a resumed study does
+not replay its first proposals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lepton_search import __version__
+from lepton_search.errors import ConfigError, LeptonSearchError, StudyNotFoundError
+from lepton_search.objectives import CostModel, MeasurementSettings, TrialRequest, TrialResult, prepare
+from lepton_search.search._executor import RayExecutor, describe_failure
+from lepton_search.search._samplers import create_sampler, run_seed
+from lepton_search.search._spec import StudySpec
+from lepton_search.spaces import CompressionConfig
+from lepton_search.storage import (
+    DEFAULT_ARTIFACT_DIR,
+    DEFAULT_STORAGE_URL,
+    get_artifact_store,
+    get_storage,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+REQUEUED = "requeued"
+FAIL_REASON = "fail_reason"
+STUDY_SPEC_ATTR = "lepton:spec"
+STUDY_BASELINE_ATTR = "lepton:baseline"
+STUDY_OBJECTIVES_ATTR = "lepton:objectives"
+
+
+class RunInterrupted(LeptonSearchError):
+    """The run was stopped by Ctrl-C or SIGTERM; completed trials are saved."""
+
+
+@dataclass
+class Locations:
+    """Where a study lives: its storage URL and artifact directory."""
+
+    storage_url: str
+    artifact_dir: Path
+
+    @classmethod
+    def resolve(cls, spec: StudySpec, storage: str | None = None, artifacts: str | None = None) -> Locations:
+        return cls(
+            storage_url=storage or spec.study.storage or DEFAULT_STORAGE_URL,
+            artifact_dir=Path(artifacts or spec.study.artifacts or DEFAULT_ARTIFACT_DIR),
+        )
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.artifact_dir / "cache"
+
+
+@dataclass
+class RunSummary:
+    """What one ``run`` did."""
+
+    study_name: str
+    completed: int = 0
+    failed: int = 0
+    orphans_requeued: int = 0
+    elapsed_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+def open_study(spec: StudySpec, locations: Locations, *, create: bool = True, seed: int | None = None) -> optuna.Study:
+    """Loads the study named in ``spec`` (creating it when ``create``), checking its objectives."""
+    import optuna
+
+    storage = get_storage(locations.storage_url)
+    name = spec.study.name
+    existing = {s.study_name: s for s in storage.get_all_studies()}
+    if name not in existing and not create:
+        raise StudyNotFoundError(
+            f"Study {name!r} is not in {locations.storage_url}; studies there: "
+            f"{sorted(existing) or '(none)'}. Run `lepton-search run` first, or pass --storage."
+        )
+    trials_so_far = len(storage.get_all_trials(existing[name]._study_id, deepcopy=False)) if name in existing else 0
+    sampler = create_sampler(
+        spec.sampler.name, spec.sampler.options, seed if seed is not None else run_seed(spec.study.seed, trials_so_far)
+    )
+    directions = spec.directions
+    if name in existing:
+        stored = [d.name.lower() for d in existing[name].directions]
+        if stored != directions:
+            raise ConfigError(
+                f"Study {name!r} already exists with directions {stored}, but the study file asks "
+                f"for {directions} ({spec.objective_names}). Objectives cannot change within a "
+                "study: give the study a new [study].name."
+            )
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
+    )
+    if name not in existing:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(spec.objective_names)
+        study.set_user_attr(STUDY_OBJECTIVES_ATTR, spec.objective_names)
+        study.set_user_attr(STUDY_SPEC_ATTR, spec.model_dump(mode="json"))
+        study.set_user_attr("lepton:version", __version__)
+    return study
+
+
+def requeue_orphans(study: optuna.Study, reason: str) -> int:
+    """Fails every RUNNING trial with ``reason`` and queues its parameters again."""
+    from optuna.trial import TrialState
+
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in orphans:
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+        storage.set_trial_user_attr(trial._trial_id, REQUEUED, True)
+        study.tell(trial.number, state=TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return len(orphans)
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Finished trials that count against the budget (re-queued orphans do not)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get(REQUEUED))
+
+
+def objective_values(spec: StudySpec, result: TrialResult) -> list[float]:
+    available = {
+        "accuracy": result.accuracy,
+        "latency_ms": result.latency_ms,
+        "cost_usd_per_million": result.cost_usd_per_million,
+        "size_mb": result.size_bytes / 1e6,
+    }
+    return [float(available[name]) for name in spec.objective_names]
+
+
+def constraint_values(spec: StudySpec, result: TrialResult, baseline_accuracy: float) -> dict[str, float]:
+    """Optuna constraint values: <= 0 means feasible."""
+    c = spec.constraints
+    values: dict[str, float] = {}
+    if c.max_accuracy_drop is not None:
+        values["accuracy_drop"] = (baseline_accuracy - result.accuracy) - c.max_accuracy_drop
+    if c.latency_slo_ms is not None:
+        values["latency_slo"] = result.latency_ms - c.latency_slo_ms
+    if c.max_size_mb is not None:
+        values["size"] = result.size_bytes / 1e6 - c.max_size_mb
+    return values
+
+
+def record_result(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    config: CompressionConfig,
+    result: TrialResult,
+    spec: StudySpec,
+    artifact_store: Any,
+    baseline_accuracy: float,
+) -> None:
+    """Writes attributes, constraints and the model artifact, then tells Optuna the values.
+
+    Everything is written before ``tell``: Optuna refuses updates to a finished trial.
+    """
+    from optuna.artifacts import upload_artifact
+    from optuna.trial import TrialState
+
+    latency = result.latency
+    attrs: dict[str, Any] = {
+        "config": config.to_dict(),
+        "config_hash": config.config_hash,
+        "label": config.describe(),
+        "accuracy": result.accuracy,
+        "test_accuracy": result.test_accuracy,
+        "latency": latency["candidate"],
+        "baseline_latency": latency["baseline"],
+        "ratio_to_baseline": latency["ratio"],
+        "ratio_ci": latency["ratio_ci"],
+        "verdict": latency["verdict"],
+        "noise_band": latency["noise_band"],
+        "slower_than_baseline": latency["verdict"] == "slower",
+        "device": latency["device"],
+        "cost_usd_per_million": result.cost_usd_per_million,
+        "size_bytes": result.size_bytes,
+        "gzip_size_bytes": result.gzip_size_bytes,
+        "parameters": result.parameters,
+        "sparsity": result.sparsity,
+        "timings_s": result.timings_s,
+        "notes": result.notes,
+        "peak_rss_mb": result.peak_rss_mb,
+    }
+    values = objective_values(spec, result)
+    if not all(math.isfinite(v) for v in values):
+        attrs[FAIL_REASON] = f"non-finite objective values {dict(zip(spec.objective_names, values))}"
+        for key, value in attrs.items():
+            trial.set_user_attr(key, _jsonable(value))
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, _jsonable(value))
+    constraints = constraint_values(spec, result, baseline_accuracy)
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
+    if constraints:
+        # optuna-dashboard 0.21 reads only the legacy list key; write it too so infeasible trials
+        # show as infeasible there.
+        study._storage.set_trial_system_attr(trial._trial_id, "constraints", list(constraints.values()))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"trial-{trial.number}.onnx"
+        path.write_bytes(result.onnx_bytes)
+        artifact_id = upload_artifact(
+            artifact_store=artifact_store,
+            file_path=str(path),
+            study_or_trial=trial,
+            mimetype="application/octet-stream",
+        )
+    trial.set_user_attr("artifact_id", artifact_id)
+    study.tell(trial, values)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str, *, requeue: bool = False) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr(FAIL_REASON, reason)
+    if requeue:
+        trial.set_user_attr(REQUEUED, True)
+    study.tell(trial, state=TrialState.FAIL)
+    if requeue and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+@dataclass
+class _InFlight:
+    trial: Any
+    config: CompressionConfig
+    owner: str
+    started: float
+
+
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+
+def measurement_settings(spec: StudySpec) -> MeasurementSettings:
+    m = spec.measurement
+    return MeasurementSettings(
+        backend=m.backend,
+        threads=m.threads,
+        batch_size=m.batch_size,
+        sessions=m.sessions,
+        warmup_runs=m.warmup_runs,
+        warmup_s=m.warmup_s,
+        min_iterations=m.min_iterations,
+        min_session_s=m.min_session_s,
+        bootstrap_resamples=m.bootstrap_resamples,
+        noise_band=m.noise_band,
+        seed=spec.study.seed,
+    )
+
+
+def base_request(spec: StudySpec, locations: Locations) -> TrialRequest:
+    return TrialRequest(
+        task=spec.study.task,
+        task_options=dict(spec.study.task_options),
+        config_json=CompressionConfig().to_json(),
+        cache_dir=str(locations.cache_dir.resolve()),
+        settings=measurement_settings(spec),
+        cost=CostModel(
+            cpu_core_usd_per_hour=spec.cost.cpu_core_usd_per_hour,
+            gpu_usd_per_hour=dict(spec.cost.gpu_usd_per_hour),
+        ),
+        seed=spec.study.seed,
+    )
+
+
+def ensure_baseline(study: optuna.Study, request: TrialRequest) -> dict[str, float]:
+    """Trains or loads the teacher, exports the baseline, and records its accuracy on the study."""
+    baseline = study.user_attrs.get(STUDY_BASELINE_ATTR)
+    fresh = prepare(request)
+    if not baseline or baseline.get("accuracy") != fresh["accuracy"]:
+        study.set_user_attr(STUDY_BASELINE_ATTR, fresh)
+    return fresh
+
+
+@contextlib.contextmanager
+def _executor(executor: RayExecutor) -> Iterator[RayExecutor]:
+    executor.start()
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    locations: Locations,
+    n_trials: int | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    on_event: ProgressCallback | None = None,
+    executor: RayExecutor | None = None,
+) -> RunSummary:
+    """Runs (or continues) the study in ``spec`` until its trial budget or timeout is used.
+
+    Args:
+        spec: The validated study file.
+        locations: Storage URL and artifact directory.
+        n_trials: Overrides ``[budget].n_trials``: the total the study should hold.
+        workers: Overrides ``[budget].workers``.
+        ray_address: Joins an existing Ray cluster instead of starting a local one.
+        on_event: Called with ``("trial", info)`` after each trial and ``("start", info)`` once.
+        executor: A prepared executor (tests share one Ray instance).
+
+    Raises:
+        RunInterrupted: Ctrl-C or SIGTERM; in-flight trials are failed, re-queued, and saved.
+    """
+    from optuna.trial import TrialState
+
+    notify = on_event or (lambda kind, info: None)
+    budget = spec.budget
+    total = n_trials if n_trials is not None else budget.n_trials
+    max_workers = workers or budget.workers
+    started = time.monotonic()
+    summary = RunSummary(study_name=spec.study.name)
+
+    study = open_study(spec, locations)
+    artifact_store = get_artifact_store(locations.artifact_dir)
+    summary.orphans_requeued = requeue_orphans(
+        study,
+        "orphaned: the driver stopped before this trial finished (killed or crashed); its parameters were queued again",
+    )
+    request = base_request(spec, locations)
+    baseline = ensure_baseline(study, request)
+    done_before = counted_trials(study)
+    remaining = None if total is None else max(total - done_before, 0)
+    notify(
+        "start",
+        {
+            "study": spec.study.name,
+            "done_before": done_before,
+            "total": total,
+            "remaining": remaining,
+            "orphans": summary.orphans_requeued,
+            "baseline": baseline,
+        },
+    )
+    if remaining == 0:
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    executor = executor or RayExecutor(workers=max_workers, address=ray_address)
+    own_executor = not executor._windows
+    inflight: dict[Any, _InFlight] = {}
+    submitted = 0
+    deadline = started + budget.timeout_s if budget.timeout_s else None
+
+    def may_submit() -> bool:
+        if remaining is not None and submitted >= remaining:
+            return False
+        return deadline is None or time.monotonic() < deadline
+
+    def finish(ref: Any, entry: _InFlight) -> None:
+        trial, config = entry.trial, entry.config
+        try:
+            result = executor.result(ref)
+        except Exception as e:  # Ray wraps worker errors in several types; each is a failed trial
+            reason = describe_failure(e)
+            executor.release(entry.owner)
+            fail_trial(study, trial, reason)
+            summary.failed += 1
+            summary.failures.append(f"trial {trial.number}: {reason}")
+            notify("trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": config.describe()})
+            return
+        executor.release(entry.owner)
+        record_result(study, trial, config, result, spec, artifact_store, baseline["accuracy"])
+        state = study._storage.get_trial(trial._trial_id).state
+        if state == TrialState.COMPLETE:
+            summary.completed += 1
+        else:
+            summary.failed += 1
+        notify(
+            "trial",
+            {
+                "number": trial.number,
+                "state": state.name,
+                "label": config.describe(),
+                "accuracy": result.accuracy,
+                "latency_ms": result.latency_ms,
+                "ratio": result.latency["ratio"],
+                "verdict": result.latency["verdict"],
+            },
+        )
+
+    context = _executor(executor) if own_executor else contextlib.nullcontext(executor)
+    try:
+        with context:
+            while inflight or may_submit():
+                while len(inflight) < max_workers and may_submit():
+                    trial = study.ask()
+                    try:
+                        config = spec.space.suggest(trial)
+                    except LeptonSearchError as e:
+                        reason = f"invalid configuration: {e}"
+                        fail_trial(study, trial, reason)
+                        summary.failed += 1
+                        summary.failures.append(f"trial {trial.number}: {reason}")
+                        notify("trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": "-"})
+                        submitted += 1
+                        continue
+                    trial.set_user_attr("config", config.to_dict())
+                    owner = f"{spec.study.name}/{trial.number}/{time.time_ns()}"
+                    req = TrialRequest(
+                        **{**request.__dict__, "config_json": config.to_json(), "seed": spec.study.seed + trial.number}
+                    )
+                    inflight[executor.submit(req, owner)] = _InFlight(trial, config, owner, time.monotonic())
+                    submitted += 1
+                if not inflight:
+                    break
+                ready = executor.wait(list(inflight), timeout=1.0)
+                for ref in ready:
+                    finish(ref, inflight.pop(ref))
+                now = time.monotonic()
+                for ref, entry in list(inflight.items()):
+                    # Time spent queued behind other trials' measurement windows is not the
+                    # trial's own work, so it does not count against its timeout.
+                    if now - entry.started > budget.trial_timeout_s and (
+                        now - entry.started - executor.waited_s(entry.owner) > budget.trial_timeout_s
+                    ):
+                        inflight.pop(ref)
+                        executor.cancel(ref, entry.owner)
+                        reason = (
+                            f"timeout: the trial ran longer than budget.trial_timeout_s = "
+                            f"{budget.trial_timeout_s:g} s and was cancelled"
+                        )
+                        fail_trial(study, entry.trial, reason)
+                        summary.failed += 1
+                        summary.failures.append(f"trial {entry.trial.number}: {reason}")
+                        notify(
+                            "trial",
+                            {
+                                "number": entry.trial.number,
+                                "state": "FAIL",
+                                "reason": reason,
+                                "label": entry.config.describe(),
+                            },
+                        )
+    except KeyboardInterrupt:
+        for ref, entry in inflight.items():
+            with contextlib.suppress(Exception):
+                executor.cancel(ref, entry.owner)
+            with contextlib.suppress(Exception):
+                if study._storage.get_trial(entry.trial._trial_id).state == TrialState.RUNNING:
+                    fail_trial(
+                        study,
+                        entry.trial,
+                        "interrupted: the run was stopped; its parameters were queued again",
+                        requeue=True,
+                    )
+        summary.elapsed_s = time.monotonic() - started
+        raise RunInterrupted(
+            f"Interrupted. {counted_trials(study)} finished trials of study {spec.study.name!r} are "
+            "saved; run the same command again to continue."
+        ) from None
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+def load_existing_study(spec: StudySpec, locations: Locations) -> optuna.Study:
+    """The stored study for ``spec``, for read-only commands (frontier, report, export)."""
+    return open_study(spec, locations, create=False, seed=0)

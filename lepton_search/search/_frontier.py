@@ -1,0 +1,83 @@
+"""The Pareto frontier of a study, as data: the JSON that `lepton-search frontier` prints."""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+from lepton_search.search._driver import STUDY_BASELINE_ATTR, STUDY_OBJECTIVES_ATTR
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    names = study.user_attrs.get(STUDY_OBJECTIVES_ATTR) or study.metric_names
+    return list(names or [f"objective_{i}" for i in range(len(study.directions))])
+
+
+def baseline_summary(study: optuna.Study) -> dict[str, Any]:
+    """The uncompressed model: its metric, and the median of its latency over every trial window."""
+    from optuna.trial import TrialState
+
+    names = objective_names(study)
+    stored = study.user_attrs.get(STUDY_BASELINE_ATTR, {})
+    medians = [
+        t.user_attrs["baseline_latency"]["median_ms"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "baseline_latency" in t.user_attrs
+    ]
+    latency_ms = statistics.median(medians) if medians else None
+    values: dict[str, Any] = {}
+    if "accuracy" in names:
+        values["accuracy"] = stored.get("accuracy")
+    if "latency_ms" in names:
+        values["latency_ms"] = latency_ms
+    return {
+        "values": values,
+        "test_accuracy": stored.get("test_accuracy"),
+        "latency": {"median_ms": latency_ms, "windows": len(medians)},
+    }
+
+
+def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    latency = attrs.get("latency", {})
+    return {
+        "number": trial.number,
+        "label": attrs.get("label"),
+        "config": attrs.get("config", {}),
+        "values": dict(zip(names, trial.values or [])),
+        "latency": {
+            "median_ms": latency.get("median_ms"),
+            "ratio_to_baseline": attrs.get("ratio_to_baseline"),
+            "ratio_ci": attrs.get("ratio_ci"),
+            "ci_ms": latency.get("ci_ms"),
+            "p95_ms": latency.get("p95_ms"),
+            "cv": latency.get("cv"),
+            "sessions": latency.get("sessions"),
+            "verdict": attrs.get("verdict"),
+        },
+        "slower_than_baseline": bool(attrs.get("slower_than_baseline")),
+        "test_accuracy": attrs.get("test_accuracy"),
+        "size_bytes": attrs.get("size_bytes"),
+        "cost_usd_per_million": attrs.get("cost_usd_per_million"),
+        "notes": attrs.get("notes", []),
+        "constraints": dict(trial.constraints) if hasattr(trial, "constraints") else {},
+    }
+
+
+def frontier(study: optuna.Study) -> dict[str, Any]:
+    """The frontier JSON: study, objectives, baseline and the non-dominated feasible trials.
+
+    Trials whose latency verdict is "slower" than the baseline stay visible but carry
+    ``slower_than_baseline: true``, so they are never silently on the frontier.
+    """
+    names = objective_names(study)
+    best = sorted(study.best_trials, key=lambda t: t.number)
+    return {
+        "study": study.study_name,
+        "objectives": [{"name": n, "direction": d.name.lower()} for n, d in zip(names, study.directions)],
+        "baseline": baseline_summary(study),
+        "trials": [trial_entry(t, names) for t in best],
+    }

@@ -1,0 +1,28 @@
+"""Search-space definition: typed, conditional parameters and the configs they produce.
+
+This package knows nothing of Ray, storage or how a config is applied.
+"""
+
+from lepton_search.spaces._config import (
+    CompressionConfig,
+    DistillConfig,
+    PruneConfig,
+    QuantizeConfig,
+)
+from lepton_search.spaces._space import (
+    DistillationSpace,
+    PruningSpace,
+    QuantizationSpace,
+    SearchSpace,
+)
+
+__all__ = [
+    "CompressionConfig",
+    "DistillConfig",
+    "DistillationSpace",
+    "PruneConfig",
+    "PruningSpace",
+    "QuantizationSpace",
+    "QuantizeConfig",
+    "SearchSpace",
+]

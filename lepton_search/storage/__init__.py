@@ -1,0 +1,20 @@
+"""Storage URLs, Optuna RDB storage and the artifact store; the only place a database is opened."""
+
+from lepton_search.storage._artifacts import (
+    DEFAULT_ARTIFACT_DIR,
+    get_artifact_store,
+    safe_join,
+    safe_name,
+)
+from lepton_search.storage._rdb import DEFAULT_STORAGE_URL, get_storage, normalize_url, sqlite_path
+
+__all__ = [
+    "DEFAULT_ARTIFACT_DIR",
+    "DEFAULT_STORAGE_URL",
+    "get_artifact_store",
+    "get_storage",
+    "normalize_url",
+    "safe_join",
+    "safe_name",
+    "sqlite_path",
+]

@@ -1,0 +1,41 @@
+"""The artifact store for exported models, and safe file names inside output directories."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lepton_search.errors import StorageError
+
+if TYPE_CHECKING:
+    from optuna.artifacts import FileSystemArtifactStore
+
+DEFAULT_ARTIFACT_DIR = "lepton-artifacts"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def get_artifact_store(directory: str | Path) -> FileSystemArtifactStore:
+    """An Optuna file-system artifact store rooted at ``directory`` (created if missing)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    path = Path(directory)
+    try:
+        (path / "optuna").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"Cannot create artifact directory {str(path)!r}: {e}.") from e
+    return FileSystemArtifactStore(str(path / "optuna"))
+
+
+def safe_name(name: str) -> str:
+    """``name`` reduced to letters, digits, '.', '_' and '-', never empty and never '..'."""
+    cleaned = _UNSAFE.sub("_", name).strip("._") or "unnamed"
+    return cleaned
+
+
+def safe_join(directory: Path, name: str) -> Path:
+    """``directory / safe_name(name)``, guaranteed to stay inside ``directory``."""
+    target = (directory / safe_name(name)).resolve()
+    if directory.resolve() not in target.parents:
+        raise StorageError(f"Refusing to write {name!r} outside {str(directory)!r}.")
+    return target

@@ -1,0 +1,162 @@
+"""The driver on a real Ray instance, real SQLite storage and real ONNX Runtime measurements."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import onnxruntime as ort
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lepton_search.errors import ConfigError
+from lepton_search.search import Locations, frontier, parse_study, run_study, write_report
+from lepton_search.search._driver import open_study
+from lepton_search.search._export import export_trial
+from lepton_search.spaces import CompressionConfig, PruneConfig, SearchSpace
+from lepton_search.testing import study_dict
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _spec_and_locations(tmp_path: Path, artifacts: Path, **sections):
+    spec = parse_study(study_dict(tmp_path, artifacts, **sections))
+    return spec, Locations.resolve(spec)
+
+
+def _enqueue(spec, locations, *configs: CompressionConfig) -> None:
+    study = open_study(spec, locations)
+    for config in configs:
+        study.enqueue_trial(SearchSpace.params_of(config))
+
+
+def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Path) -> None:
+    spec, locations = _spec_and_locations(tmp_path, artifacts)
+    _enqueue(spec, locations, CompressionConfig(pruning=PruneConfig("channel", 0.5)))
+    summary = run_study(spec, locations=locations)
+
+    assert (summary.completed, summary.failed) == (4, 0)
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    assert study.metric_names == ["accuracy", "latency_ms"]
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4
+    for trial in trials:
+        attrs = trial.user_attrs
+        config = CompressionConfig.from_dict(attrs["config"])
+        assert attrs["config_hash"] == config.config_hash
+        assert attrs["latency"]["median_ms"] == pytest.approx(trial.values[1])
+        assert attrs["latency"]["sessions"] == 2
+        lo, hi = attrs["ratio_ci"]
+        assert lo <= attrs["ratio_to_baseline"] <= hi
+        assert attrs["verdict"] in ("faster", "slower", "tie")
+        assert attrs["device"]["backend"] == "onnxruntime-cpu"
+        assert set(attrs["timings_s"]) >= {"prune_s", "distill_s", "export_s", "quantize_s", "measure_s"}
+        assert "artifact_id" in attrs
+    pruned = trials[0]
+    assert pruned.user_attrs["label"].startswith("fp32 + channel 50%")
+    assert pruned.user_attrs["ratio_to_baseline"] < 0.8  # half the channels: about 4x fewer MACs
+
+    data = frontier(study)
+    assert data["study"] == "test-study"
+    assert data["objectives"] == [
+        {"name": "accuracy", "direction": "maximize"},
+        {"name": "latency_ms", "direction": "minimize"},
+    ]
+    assert data["baseline"]["values"]["accuracy"] > 0.8
+    assert data["baseline"]["latency"]["median_ms"] > 0
+    assert data["trials"], "a finished study has a non-empty frontier"
+    for entry in data["trials"]:
+        assert set(entry["values"]) == {"accuracy", "latency_ms"}
+        assert entry["latency"]["ratio_to_baseline"] > 0
+        assert len(entry["latency"]["ci_ms"]) == 2
+    json.dumps(data)  # the frontier is plain JSON
+
+    report = write_report(study, tmp_path / "report.html")
+    page = report.read_text()
+    assert "Pareto frontier" in page and "Hypervolume history" in page and "parcoords" in page
+
+    best = data["trials"][0]["number"]
+    written = export_trial(spec, locations, best, tmp_path / "export")
+    session = ort.InferenceSession(str(written[0]), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "input"
+    assert CompressionConfig.from_json(written[1].read_text()).to_dict() == data["trials"][0]["config"]
+
+
+def test_rerun_continues_the_same_study(tmp_path: Path, artifacts: Path) -> None:
+    spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 2})
+    run_study(spec, locations=locations)
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    before = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+    summary = run_study(spec, locations=locations, n_trials=3)
+    assert summary.completed + summary.failed == 1
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    assert len(study.trials) == 3
+    for number, values in before.items():
+        assert study.trials[number].values == values
+
+    # At budget: nothing more to do.
+    assert run_study(spec, locations=locations, n_trials=3).completed == 0
+
+
+def test_orphaned_running_trials_are_failed_and_requeued(tmp_path: Path, artifacts: Path) -> None:
+    spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 2})
+    study = open_study(spec, locations)
+    orphan = study.ask()  # left RUNNING, as after a driver killed with SIGKILL
+    config = SearchSpace.model_validate(spec.space.model_dump()).suggest(orphan)
+
+    summary = run_study(spec, locations=locations)
+    assert summary.orphans_requeued == 1
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("orphaned")
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert CompressionConfig.from_dict(retried[0].user_attrs["config"]) == config
+    counted = [t for t in study.trials if not t.user_attrs.get("requeued")]
+    assert len(counted) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("raise", "injected failure"),
+        ("crash", "worker process died"),
+        ("nan", "metric is nan"),
+        ("oom", "MemoryError"),
+        ("hang", "timeout"),
+    ],
+)
+def test_faults_become_failed_trials_and_the_study_goes_on(
+    tmp_path: Path, artifacts: Path, fault: str, reason: str
+) -> None:
+    task_options = {"fault": fault, "when": "channel", "hang_s": 600}
+    spec, locations = _spec_and_locations(
+        tmp_path,
+        artifacts,
+        study={"task": "lepton_search.testing.tasks:FaultyDigitsTask", "task_options": task_options},
+        budget={"n_trials": 3, "trial_timeout_s": 40 if fault == "hang" else 120},
+    )
+    good = CompressionConfig()
+    bad = CompressionConfig(pruning=PruneConfig("channel", 0.5))
+    _enqueue(spec, locations, bad, good, good)
+
+    summary = run_study(spec, locations=locations)
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert reason.lower() in study.trials[0].user_attrs["fail_reason"].lower()
+    assert summary.failed == 1 and summary.completed == 2
+    assert all(math.isfinite(v) for t in study.trials[1:] for v in t.values)
+
+
+def test_changing_objectives_of_an_existing_study_is_an_error(tmp_path: Path, artifacts: Path) -> None:
+    spec, locations = _spec_and_locations(tmp_path, artifacts)
+    open_study(spec, locations)
+    other, _ = _spec_and_locations(tmp_path, artifacts, objectives=[{"name": "accuracy"}])
+    with pytest.raises(ConfigError, match="already exists with directions"):
+        open_study(other, locations)

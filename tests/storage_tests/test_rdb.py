@@ -1,0 +1,56 @@
+"""Storage URLs against real SQLite files and the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lepton_search.errors import StorageError
+from lepton_search.storage import get_storage, normalize_url, sqlite_path
+
+
+def test_sqlite_storage_is_created_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "study.db"
+    get_storage(f"sqlite:///{path}")
+    assert path.exists()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_unknown_scheme_names_the_allowed_ones() -> None:
+    with pytest.raises(StorageError, match=r"scheme 'redis'.*sqlite:///PATH.*postgresql://"):
+        get_storage("redis://localhost/0")
+
+
+def test_plain_postgresql_urls_use_psycopg3() -> None:
+    assert normalize_url("postgresql://u@h:5432/db") == "postgresql+psycopg://u@h:5432/db"
+    assert normalize_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlite_path("sqlite:///:memory:") is None
+    assert sqlite_path("sqlite:///a/b.db") == Path("a/b.db")
+
+
+def test_unreachable_server_is_a_clear_error_not_a_hang() -> None:
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="Check that the database server is running"):
+        get_storage("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.postgres
+def test_postgres_storage_round_trips_a_multi_objective_study(postgres_url: str) -> None:
+    storage = get_storage(postgres_url)
+    study = optuna.create_study(study_name="pg", storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr("latency", {"median_ms": 1.5, "ci_ms": [1.4, 1.6]})
+    trial.set_constraint("accuracy_drop", -0.01)
+    study.tell(trial, [0.9, 1.5])
+
+    reread = optuna.load_study(study_name="pg", storage=get_storage(postgres_url))
+    [frozen] = reread.trials
+    assert frozen.values == [0.9, 1.5]
+    assert frozen.user_attrs["latency"]["ci_ms"] == [1.4, 1.6]
+    assert frozen.constraints == {"accuracy_drop": -0.01}
