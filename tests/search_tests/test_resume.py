@@ -1,0 +1,91 @@
+"""Interrupting `lepton-search run` (Ctrl-C, SIGKILL) and running it again, as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lepton_search.testing import study_dict, write_toml
+
+pytestmark = pytest.mark.slow
+
+
+def _start(study_file: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lepton_search", "run", str(study_file), "--no-progress"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _complete(storage: str) -> dict[int, list[float]]:
+    try:
+        study = optuna.load_study(study_name="test-study", storage=storage)
+    except KeyError:
+        return {}
+    return {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def _wait_for_completed(storage: str, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"run exited early with {process.returncode}: {process.stdout.read()}")
+        if len(_complete(storage)) >= count:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"fewer than {count} trials completed within {timeout} s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupted_run_continues_where_it_stopped(tmp_path: Path, artifacts: Path, sig: signal.Signals) -> None:
+    study_file = write_toml(tmp_path / "study.toml", study_dict(tmp_path, artifacts, budget={"n_trials": 6}))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    first = _start(study_file, tmp_path)
+    _wait_for_completed(storage, 2, first)
+    first.send_signal(sig)
+    output, _ = first.communicate(timeout=120)
+    before = _complete(storage)
+    assert len(before) >= 2
+    if sig == signal.SIGINT:
+        assert first.returncode == 130, output
+        assert "run the same command again to continue" in output
+        assert "Traceback" not in output
+    else:
+        assert first.returncode == -signal.SIGKILL
+
+    second = subprocess.run(
+        [sys.executable, "-m", "lepton_search", "run", str(study_file), "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    after = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    for number, values in before.items():
+        assert after[number] == values, "a trial completed before the interrupt changed or vanished"
+    counted = [t for t in study.trials if not t.user_attrs.get("requeued")]
+    assert len(counted) == 6
+    assert all(t.state.is_finished() for t in study.trials)
+    for trial in study.trials:
+        if trial.user_attrs.get("requeued"):
+            assert trial.state == TrialState.FAIL
+            assert trial.user_attrs["fail_reason"].startswith(("interrupted", "orphaned"))
+            assert any(t.user_attrs.get("retry_of") == trial.number for t in study.trials)
