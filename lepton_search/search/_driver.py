@@ -47,6 +47,9 @@ STUDY_BASELINE_ATTR = "lepton:baseline"
 STUDY_OBJECTIVES_ATTR = "lepton:objectives"
 
 
+REMEASURED_PREFIX = "lepton:remeasured:"
+
+
 class RunInterrupted(LeptonSearchError):
     """The run was stopped by Ctrl-C or SIGTERM; completed trials are saved."""
 
@@ -78,6 +81,7 @@ class RunSummary:
     completed: int = 0
     failed: int = 0
     orphans_requeued: int = 0
+    remeasured: int = 0
     elapsed_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -305,6 +309,54 @@ def ensure_baseline(study: optuna.Study, request: TrialRequest) -> dict[str, flo
     return fresh
 
 
+def remeasure_frontier(
+    study: optuna.Study,
+    executor: RayExecutor,
+    request: TrialRequest,
+    artifact_store: Any,
+    *,
+    sessions: int,
+    timeout_s: float,
+    notify: ProgressCallback,
+) -> int:
+    """Re-measures every frontier trial in a fresh worker process with ``sessions`` sessions and
+    stores the result in the study's user attributes under ``lepton:remeasured:<number>``.
+
+    Returns the number of trials re-measured. A failed re-measurement is reported, not fatal.
+    """
+    pending: dict[Any, tuple[Any, str]] = {}
+    for trial in study.best_trials:
+        artifact_id = trial.user_attrs.get("artifact_id")
+        if not artifact_id:
+            continue
+        with artifact_store.open_reader(artifact_id) as reader:
+            data = reader.read()
+        owner = f"remeasure/{study.study_name}/{trial.number}/{time.time_ns()}"
+        pending[executor.submit_remeasure(request, data, sessions, owner)] = (trial, owner)
+    done = 0
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready = executor.wait(list(pending), timeout=1.0)
+        for ref in ready:
+            trial, owner = pending.pop(ref)
+            executor.release(owner)
+            try:
+                measured = executor.result(ref)
+            except Exception as e:  # a failed re-measurement leaves the trial's own figures
+                notify("remeasure", {"number": trial.number, "error": describe_failure(e)})
+                continue
+            measured["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            study.set_user_attr(f"{REMEASURED_PREFIX}{trial.number}", _jsonable(measured))
+            notify("remeasure", {"number": trial.number, "ratio": measured["ratio"], "verdict": measured["verdict"]})
+            done += 1
+        if time.monotonic() > deadline:
+            for ref, (trial, owner) in pending.items():
+                executor.cancel(ref, owner)
+                notify("remeasure", {"number": trial.number, "error": "timeout"})
+            break
+    return done
+
+
 @contextlib.contextmanager
 def _executor(executor: RayExecutor) -> Iterator[RayExecutor]:
     executor.start()
@@ -468,6 +520,17 @@ def run_study(
                                 "label": entry.config.describe(),
                             },
                         )
+            if spec.measurement.remeasure_sessions and (summary.completed or summary.orphans_requeued):
+                notify("remeasure-start", {"sessions": spec.measurement.remeasure_sessions})
+                summary.remeasured = remeasure_frontier(
+                    study,
+                    executor,
+                    request,
+                    artifact_store,
+                    sessions=spec.measurement.remeasure_sessions,
+                    timeout_s=budget.trial_timeout_s,
+                    notify=notify,
+                )
     except KeyboardInterrupt:
         for ref, entry in inflight.items():
             with contextlib.suppress(Exception):

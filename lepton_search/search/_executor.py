@@ -133,6 +133,18 @@ def _evaluate_task(request: TrialRequest, owner: str, namespace_windows: dict[st
     return evaluate(request, gate)
 
 
+def _remeasure_task(
+    request: TrialRequest, onnx_bytes: bytes, sessions: int, owner: str, namespace_windows: dict[str, Any]
+) -> dict[str, Any]:
+    import ray
+
+    from lepton_search.objectives._remeasure import remeasure
+
+    window = namespace_windows.get(ray.get_runtime_context().get_node_id())
+    gate = RayGate(window, owner) if window is not None else None
+    return remeasure(request, onnx_bytes, sessions=sessions, gate=gate)
+
+
 class RayExecutor:
     """Submits trials to Ray with at most ``workers`` in flight; the driver owns everything else.
 
@@ -194,6 +206,13 @@ class RayExecutor:
 
     def submit(self, request: TrialRequest, owner: str) -> Any:
         return self._remote.remote(request, owner, self._windows)
+
+    def submit_remeasure(self, request: TrialRequest, onnx_bytes: bytes, sessions: int, owner: str) -> Any:
+        """Re-measures a model in a fresh worker process (``max_calls=1``: the process exits after)."""
+        import ray
+
+        remote = ray.remote(num_cpus=1, max_calls=1, max_retries=0)(_remeasure_task)
+        return remote.remote(request, onnx_bytes, sessions, owner, self._windows)
 
     def wait(self, refs: list[Any], timeout: float) -> list[Any]:
         import ray

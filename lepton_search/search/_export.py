@@ -46,7 +46,7 @@ def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Pa
     config_path = out_dir / "config.json"
     config_path.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
     info_path = out_dir / "trial.json"
-    entry = trial_entry(trial, objective_names(study))
+    entry = trial_entry(trial, objective_names(study), study)
     entry.update({"study": study.study_name, "task": spec.study.task, "device": trial.user_attrs.get("device")})
     info_path.write_text(json.dumps(entry, indent=2) + "\n")
     return [model_path, config_path, info_path]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-from lepton_search.search._driver import STUDY_BASELINE_ATTR, STUDY_OBJECTIVES_ATTR
+from lepton_search.search._driver import REMEASURED_PREFIX, STUDY_BASELINE_ATTR, STUDY_OBJECTIVES_ATTR
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -40,9 +40,31 @@ def baseline_summary(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
+def remeasured(study: optuna.Study, number: int) -> dict[str, Any] | None:
+    """The frontier re-measurement of trial ``number``, in the frontier JSON's latency shape."""
+    data = study.user_attrs.get(f"{REMEASURED_PREFIX}{number}")
+    if not data:
+        return None
+    candidate = data["candidate"]
+    return {
+        "median_ms": candidate["median_ms"],
+        "ci_ms": candidate["ci_ms"],
+        "p95_ms": candidate["p95_ms"],
+        "cv": candidate["cv"],
+        "sessions": candidate["sessions"],
+        "ratio_to_baseline": data["ratio"],
+        "ratio_ci": data["ratio_ci"],
+        "verdict": data["verdict"],
+        "baseline_median_ms": data["baseline"]["median_ms"],
+        "at": data.get("at"),
+    }
+
+
+def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str], study: optuna.Study | None = None) -> dict[str, Any]:
     attrs = trial.user_attrs
     latency = attrs.get("latency", {})
+    again = remeasured(study, trial.number) if study is not None else None
+    slower = bool(attrs.get("slower_than_baseline")) or (again is not None and again["verdict"] == "slower")
     return {
         "number": trial.number,
         "label": attrs.get("label"),
@@ -57,8 +79,9 @@ def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, 
             "cv": latency.get("cv"),
             "sessions": latency.get("sessions"),
             "verdict": attrs.get("verdict"),
+            "remeasured": again,
         },
-        "slower_than_baseline": bool(attrs.get("slower_than_baseline")),
+        "slower_than_baseline": slower,
         "test_accuracy": attrs.get("test_accuracy"),
         "size_bytes": attrs.get("size_bytes"),
         "cost_usd_per_million": attrs.get("cost_usd_per_million"),
@@ -79,5 +102,5 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
         "study": study.study_name,
         "objectives": [{"name": n, "direction": d.name.lower()} for n, d in zip(names, study.directions)],
         "baseline": baseline_summary(study),
-        "trials": [trial_entry(t, names) for t in best],
+        "trials": [trial_entry(t, names, study) for t in best],
     }

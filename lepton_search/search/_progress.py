@@ -58,6 +58,17 @@ class ProgressReporter:
             if self._progress is not None:
                 self._task = self._progress.add_task(self._status(), total=info["total"], completed=done)
             return
+        if kind == "remeasure-start":
+            self.console.print(f"Re-measuring the frontier in fresh processes ({info['sessions']} sessions each)")
+            return
+        if kind == "remeasure":
+            if "error" in info:
+                self.console.print(f"  trial {info['number']}: re-measurement failed: {info['error']}", markup=False)
+            else:
+                self.console.print(
+                    f"  trial {info['number']}: {info['ratio']:.3f}x baseline ({info['verdict']})", markup=False
+                )
+            return
         if info["state"] == "COMPLETE":
             self.completed += 1
             if info.get("verdict") == "faster":
@@ -85,11 +96,11 @@ def frontier_table(data: dict[str, Any]) -> Table:
     title = f"Pareto frontier of {data['study']} ({len(data['trials'])} configurations)"
     if base["latency"]["median_ms"]:
         title += f"; baseline: {', '.join(f'{k} {v:.4g}' for k, v in base['values'].items() if v is not None)}"
-    table = Table(title=title)
-    for column in ["trial", "configuration", *names, "x baseline [95% CI]", "verdict"]:
+    table = Table(title=title, caption="* re-measured in fresh processes where available")
+    for column in ["trial", "configuration", *names, "x baseline [95% CI]*", "verdict*"]:
         table.add_column(column, overflow="fold")
     for t in data["trials"]:
-        lat = t["latency"]
+        lat = t["latency"].get("remeasured") or t["latency"]
         ci = lat.get("ratio_ci") or [float("nan")] * 2
         verdict = lat.get("verdict") or "-"
         if t["slower_than_baseline"]:

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lepton_search.search._frontier import baseline_summary, frontier, objective_names
+from lepton_search.search._frontier import baseline_summary, frontier, objective_names, remeasured
 
 if TYPE_CHECKING:
     import optuna
@@ -107,6 +107,30 @@ def _pareto_figure(study: optuna.Study, names: list[str]) -> go.Figure:
                 hovertemplate="%{text}<br>" + x_name + "=%{x:.4g}<br>" + y_name + "=%{y:.4g}<extra></extra>",
             )
         )
+    again = [(t, remeasured(study, t.number)) for t in groups["frontier"]]
+    again = [(t, r) for t, r in again if r is not None]
+    if again and x_name == "latency_ms":
+        fig.add_trace(
+            go.Scatter(
+                x=[r["median_ms"] for _, r in again],
+                y=[t.values[yi] for t, _ in again],
+                mode="markers",
+                name="frontier, re-measured",
+                marker=dict(color="#ff7f0e", size=11, symbol="diamond"),
+                error_x=dict(
+                    type="data",
+                    symmetric=False,
+                    thickness=1,
+                    array=[r["ci_ms"][1] - r["median_ms"] for _, r in again],
+                    arrayminus=[r["median_ms"] - r["ci_ms"][0] for _, r in again],
+                ),
+                text=[
+                    f"#{t.number} re-measured: {r['ratio_to_baseline']:.3f}x ({r['verdict']}, {r['sessions']} sessions)"
+                    for t, r in again
+                ],
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
     base = baseline_summary(study)
     bx = base["latency"]["median_ms"] if x_name == "latency_ms" else None
     by = base["values"].get(y_name)
@@ -165,11 +189,11 @@ def _table(data: dict[str, Any]) -> str:
     names = [o["name"] for o in data["objectives"]]
     head = "".join(
         f"<th>{html.escape(h)}</th>"
-        for h in ["#", "configuration", *names, "ratio to baseline [95% CI]", "verdict", "notes"]
+        for h in ["#", "configuration", *names, "ratio to baseline [95% CI]*", "verdict*", "notes"]
     )
     rows = []
     for t in data["trials"]:
-        lat = t["latency"]
+        lat = t["latency"].get("remeasured") or t["latency"]
         ci = lat.get("ratio_ci") or [None, None]
         ratio = f"{lat['ratio_to_baseline']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if lat.get("ratio_to_baseline") else "-"
         verdict = lat.get("verdict") or "-"

@@ -126,6 +126,9 @@ class MeasurementSpec(_Strict):
     min_session_s: float = Field(default=0.3, ge=0)
     bootstrap_resamples: int = Field(default=1000, ge=100, le=100000)
     noise_band: float = Field(default=0.05, ge=0, lt=1)
+    remeasure_sessions: int = Field(
+        default=5, ge=0, le=100, description="Sessions when re-measuring the frontier at the end of a run; 0 skips it."
+    )
 
 
 class CostSpec(_Strict):

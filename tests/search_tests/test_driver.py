@@ -67,15 +67,20 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
     assert data["baseline"]["values"]["accuracy"] > 0.8
     assert data["baseline"]["latency"]["median_ms"] > 0
     assert data["trials"], "a finished study has a non-empty frontier"
+    assert summary.remeasured == len(data["trials"])
     for entry in data["trials"]:
         assert set(entry["values"]) == {"accuracy", "latency_ms"}
         assert entry["latency"]["ratio_to_baseline"] > 0
         assert len(entry["latency"]["ci_ms"]) == 2
+        again = entry["latency"]["remeasured"]
+        assert again["sessions"] == 3  # [measurement].remeasure_sessions in the test study
+        assert again["ratio_ci"][0] <= again["ratio_to_baseline"] <= again["ratio_ci"][1]
     json.dumps(data)  # the frontier is plain JSON
 
     report = write_report(study, tmp_path / "report.html")
     page = report.read_text()
     assert "Pareto frontier" in page and "Hypervolume history" in page and "parcoords" in page
+    assert "frontier, re-measured" in page
 
     best = data["trials"][0]["number"]
     written = export_trial(spec, locations, best, tmp_path / "export")
