@@ -14,6 +14,7 @@ not replay its first proposals.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import tempfile
 import time
@@ -25,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from lepton_search import __version__
 from lepton_search.errors import ConfigError, LeptonSearchError, StudyNotFoundError
-from lepton_search.objectives import CostModel, MeasurementSettings, TrialRequest, TrialResult, prepare
+from lepton_search.objectives import (
+    CostModel,
+    MeasurementSettings,
+    TrialRequest,
+    TrialResult,
+    get_backend,
+    prepare,
+)
+from lepton_search.objectives._evaluate import load_task
 from lepton_search.search._executor import RayExecutor, describe_failure
 from lepton_search.search._samplers import create_sampler, run_seed
 from lepton_search.search._spec import StudySpec
@@ -33,6 +42,8 @@ from lepton_search.spaces import CompressionConfig
 from lepton_search.storage import (
     DEFAULT_ARTIFACT_DIR,
     DEFAULT_STORAGE_URL,
+    ResultCache,
+    cache_key,
     get_artifact_store,
     get_storage,
 )
@@ -82,6 +93,7 @@ class RunSummary:
     failed: int = 0
     orphans_requeued: int = 0
     remeasured: int = 0
+    cached: int = 0
     elapsed_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -167,6 +179,37 @@ def constraint_values(spec: StudySpec, result: TrialResult, baseline_accuracy: f
     return values
 
 
+def result_key(request: TrialRequest, task_fingerprint: str, config: CompressionConfig) -> str:
+    """The result-cache key of ``config``: task, config and the whole measurement setup."""
+    manifest = get_backend(request.settings.backend).manifest(request.settings.threads)
+    settings = dataclasses.asdict(request.settings)
+    settings.pop("seed")
+    return cache_key(
+        task=request.task,
+        task_options=request.task_options,
+        fingerprint=task_fingerprint,
+        config=config.config_hash,
+        settings=settings,
+        cost=dataclasses.asdict(request.cost),
+        device={k: manifest.get(k) for k in ("backend", "device_class", "device", "onnxruntime", "threads")},
+        version=__version__,
+    )
+
+
+def cached_result(cache: ResultCache, key: str, artifact_store: Any) -> tuple[TrialResult, dict[str, Any]] | None:
+    """The cached result for ``key`` with its model bytes, or None when absent or its model is gone."""
+    entry = cache.get(key)
+    if entry is None or not entry["artifact_id"]:
+        return None
+    try:
+        with artifact_store.open_reader(entry["artifact_id"]) as reader:
+            onnx_bytes = reader.read()
+    except Exception:  # the artifact was deleted or lives in another store: evaluate again
+        return None
+    result = TrialResult(**entry["payload"], onnx_bytes=onnx_bytes)
+    return result, {"study": entry["study_name"], "trial": entry["trial_number"]}
+
+
 def record_result(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -175,6 +218,7 @@ def record_result(
     spec: StudySpec,
     artifact_store: Any,
     baseline_accuracy: float,
+    cached_from: dict[str, Any] | None = None,
 ) -> None:
     """Writes attributes, constraints and the model artifact, then tells Optuna the values.
 
@@ -207,6 +251,8 @@ def record_result(
         "notes": result.notes,
         "peak_rss_mb": result.peak_rss_mb,
     }
+    if cached_from is not None:
+        attrs["cached_from"] = cached_from
     values = objective_values(spec, result)
     if not all(math.isfinite(v) for v in values):
         attrs[FAIL_REASON] = f"non-finite objective values {dict(zip(spec.objective_names, values))}"
@@ -366,6 +412,160 @@ def _executor(executor: RayExecutor) -> Iterator[RayExecutor]:
         executor.shutdown()
 
 
+class _Run:
+    """One run of the driver loop over a study: submit, collect, record, time out, interrupt."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        study: optuna.Study,
+        executor: RayExecutor,
+        *,
+        request: TrialRequest,
+        artifact_store: Any,
+        cache: ResultCache,
+        baseline: dict[str, float],
+        max_workers: int,
+        remaining: int | None,
+        deadline: float | None,
+        summary: RunSummary,
+        notify: ProgressCallback,
+    ) -> None:
+        self.spec, self.study, self.executor = spec, study, executor
+        self.request, self.artifact_store, self.cache = request, artifact_store, cache
+        self.baseline, self.max_workers = baseline, max_workers
+        self.remaining, self.deadline = remaining, deadline
+        self.summary, self.notify = summary, notify
+        self.fingerprint = load_task(request).fingerprint()
+        self.inflight: dict[Any, _InFlight] = {}
+        self.submitted = 0
+
+    def may_submit(self) -> bool:
+        if self.remaining is not None and self.submitted >= self.remaining:
+            return False
+        return self.deadline is None or time.monotonic() < self.deadline
+
+    def loop(self) -> None:
+        while self.inflight or self.may_submit():
+            while len(self.inflight) < self.max_workers and self.may_submit():
+                self.submit_next()
+            if not self.inflight:
+                break
+            for ref in self.executor.wait(list(self.inflight), timeout=1.0):
+                self.collect(ref, self.inflight.pop(ref))
+            self.enforce_timeouts()
+
+    def submit_next(self) -> None:
+        trial = self.study.ask()
+        self.submitted += 1
+        try:
+            config = self.spec.space.suggest(trial)
+        except LeptonSearchError as e:
+            self.fail(trial, "-", f"invalid configuration: {e}")
+            return
+        hit = cached_result(self.cache, result_key(self.request, self.fingerprint, config), self.artifact_store)
+        if hit is not None:
+            self.summary.cached += 1
+            self.record(trial, config, *hit)
+            return
+        trial.set_user_attr("config", config.to_dict())
+        owner = f"{self.spec.study.name}/{trial.number}/{time.time_ns()}"
+        request = dataclasses.replace(
+            self.request, config_json=config.to_json(), seed=self.spec.study.seed + trial.number
+        )
+        self.inflight[self.executor.submit(request, owner)] = _InFlight(trial, config, owner, time.monotonic())
+
+    def collect(self, ref: Any, entry: _InFlight) -> None:
+        try:
+            result = self.executor.result(ref)
+        except Exception as e:  # Ray wraps worker errors in several types; each is a failed trial
+            self.executor.release(entry.owner)
+            self.fail(entry.trial, entry.config.describe(), describe_failure(e))
+            return
+        self.executor.release(entry.owner)
+        self.record(entry.trial, entry.config, result)
+
+    def record(
+        self, trial: Any, config: CompressionConfig, result: TrialResult, cached_from: dict[str, Any] | None = None
+    ) -> None:
+        from optuna.trial import TrialState
+
+        record_result(
+            self.study, trial, config, result, self.spec, self.artifact_store, self.baseline["accuracy"], cached_from
+        )
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if frozen.state != TrialState.COMPLETE:
+            self.summary.failed += 1
+            reason = frozen.user_attrs.get(FAIL_REASON, "")
+            self.summary.failures.append(f"trial {trial.number}: {reason}")
+            self.notify(
+                "trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": config.describe()}
+            )
+            return
+        self.summary.completed += 1
+        if cached_from is None:
+            payload = {k: v for k, v in dataclasses.asdict(result).items() if k != "onnx_bytes"}
+            self.cache.put(
+                result_key(self.request, self.fingerprint, config),
+                study_name=self.study.study_name,
+                trial_number=trial.number,
+                artifact_id=frozen.user_attrs.get("artifact_id"),
+                payload=payload,
+            )
+        self.notify(
+            "trial",
+            {
+                "number": trial.number,
+                "state": "COMPLETE",
+                "label": config.describe(),
+                "accuracy": result.accuracy,
+                "latency_ms": result.latency_ms,
+                "ratio": result.latency["ratio"],
+                "verdict": result.latency["verdict"],
+                "cached": cached_from is not None,
+            },
+        )
+
+    def fail(self, trial: Any, label: str, reason: str) -> None:
+        fail_trial(self.study, trial, reason)
+        self.summary.failed += 1
+        self.summary.failures.append(f"trial {trial.number}: {reason}")
+        self.notify("trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": label})
+
+    def enforce_timeouts(self) -> None:
+        limit = self.spec.budget.trial_timeout_s
+        now = time.monotonic()
+        for ref, entry in list(self.inflight.items()):
+            # Time spent queued behind other trials' measurement windows is not the trial's own
+            # work, so it does not count against its timeout.
+            if now - entry.started <= limit or now - entry.started - self.executor.waited_s(entry.owner) <= limit:
+                continue
+            self.inflight.pop(ref)
+            self.executor.cancel(ref, entry.owner)
+            self.fail(
+                entry.trial,
+                entry.config.describe(),
+                f"timeout: the trial ran longer than budget.trial_timeout_s = {limit:g} s and was cancelled",
+            )
+
+    def interrupt(self) -> None:
+        """Cancels what is in flight; each unfinished trial is failed and its parameters re-queued."""
+        from optuna.trial import TrialState
+
+        for ref, entry in self.inflight.items():
+            with contextlib.suppress(Exception):
+                self.executor.cancel(ref, entry.owner)
+            with contextlib.suppress(Exception):
+                if self.study._storage.get_trial(entry.trial._trial_id).state == TrialState.RUNNING:
+                    fail_trial(
+                        self.study,
+                        entry.trial,
+                        "interrupted: the run was stopped; its parameters were queued again",
+                        requeue=True,
+                    )
+        self.inflight.clear()
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -384,18 +584,16 @@ def run_study(
         n_trials: Overrides ``[budget].n_trials``: the total the study should hold.
         workers: Overrides ``[budget].workers``.
         ray_address: Joins an existing Ray cluster instead of starting a local one.
-        on_event: Called with ``("trial", info)`` after each trial and ``("start", info)`` once.
+        on_event: Called with ``("start", info)`` once, ``("trial", info)`` after each trial and
+            ``("remeasure", info)`` after each frontier re-measurement.
         executor: A prepared executor (tests share one Ray instance).
 
     Raises:
         RunInterrupted: Ctrl-C or SIGTERM; in-flight trials are failed, re-queued, and saved.
     """
-    from optuna.trial import TrialState
-
     notify = on_event or (lambda kind, info: None)
     budget = spec.budget
     total = n_trials if n_trials is not None else budget.n_trials
-    max_workers = workers or budget.workers
     started = time.monotonic()
     summary = RunSummary(study_name=spec.study.name)
 
@@ -424,103 +622,29 @@ def run_study(
         summary.elapsed_s = time.monotonic() - started
         return summary
 
+    max_workers = workers or budget.workers
     executor = executor or RayExecutor(workers=max_workers, address=ray_address)
     own_executor = not executor._windows
-    inflight: dict[Any, _InFlight] = {}
-    submitted = 0
-    deadline = started + budget.timeout_s if budget.timeout_s else None
-
-    def may_submit() -> bool:
-        if remaining is not None and submitted >= remaining:
-            return False
-        return deadline is None or time.monotonic() < deadline
-
-    def finish(ref: Any, entry: _InFlight) -> None:
-        trial, config = entry.trial, entry.config
-        try:
-            result = executor.result(ref)
-        except Exception as e:  # Ray wraps worker errors in several types; each is a failed trial
-            reason = describe_failure(e)
-            executor.release(entry.owner)
-            fail_trial(study, trial, reason)
-            summary.failed += 1
-            summary.failures.append(f"trial {trial.number}: {reason}")
-            notify("trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": config.describe()})
-            return
-        executor.release(entry.owner)
-        record_result(study, trial, config, result, spec, artifact_store, baseline["accuracy"])
-        state = study._storage.get_trial(trial._trial_id).state
-        if state == TrialState.COMPLETE:
-            summary.completed += 1
-        else:
-            summary.failed += 1
-        notify(
-            "trial",
-            {
-                "number": trial.number,
-                "state": state.name,
-                "label": config.describe(),
-                "accuracy": result.accuracy,
-                "latency_ms": result.latency_ms,
-                "ratio": result.latency["ratio"],
-                "verdict": result.latency["verdict"],
-            },
-        )
-
+    cache = ResultCache(locations.storage_url)
+    run = _Run(
+        spec,
+        study,
+        executor,
+        request=request,
+        artifact_store=artifact_store,
+        cache=cache,
+        baseline=baseline,
+        max_workers=max_workers,
+        remaining=remaining,
+        deadline=started + budget.timeout_s if budget.timeout_s else None,
+        summary=summary,
+        notify=notify,
+    )
     context = _executor(executor) if own_executor else contextlib.nullcontext(executor)
     try:
         with context:
-            while inflight or may_submit():
-                while len(inflight) < max_workers and may_submit():
-                    trial = study.ask()
-                    try:
-                        config = spec.space.suggest(trial)
-                    except LeptonSearchError as e:
-                        reason = f"invalid configuration: {e}"
-                        fail_trial(study, trial, reason)
-                        summary.failed += 1
-                        summary.failures.append(f"trial {trial.number}: {reason}")
-                        notify("trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": "-"})
-                        submitted += 1
-                        continue
-                    trial.set_user_attr("config", config.to_dict())
-                    owner = f"{spec.study.name}/{trial.number}/{time.time_ns()}"
-                    req = TrialRequest(
-                        **{**request.__dict__, "config_json": config.to_json(), "seed": spec.study.seed + trial.number}
-                    )
-                    inflight[executor.submit(req, owner)] = _InFlight(trial, config, owner, time.monotonic())
-                    submitted += 1
-                if not inflight:
-                    break
-                ready = executor.wait(list(inflight), timeout=1.0)
-                for ref in ready:
-                    finish(ref, inflight.pop(ref))
-                now = time.monotonic()
-                for ref, entry in list(inflight.items()):
-                    # Time spent queued behind other trials' measurement windows is not the
-                    # trial's own work, so it does not count against its timeout.
-                    if now - entry.started > budget.trial_timeout_s and (
-                        now - entry.started - executor.waited_s(entry.owner) > budget.trial_timeout_s
-                    ):
-                        inflight.pop(ref)
-                        executor.cancel(ref, entry.owner)
-                        reason = (
-                            f"timeout: the trial ran longer than budget.trial_timeout_s = "
-                            f"{budget.trial_timeout_s:g} s and was cancelled"
-                        )
-                        fail_trial(study, entry.trial, reason)
-                        summary.failed += 1
-                        summary.failures.append(f"trial {entry.trial.number}: {reason}")
-                        notify(
-                            "trial",
-                            {
-                                "number": entry.trial.number,
-                                "state": "FAIL",
-                                "reason": reason,
-                                "label": entry.config.describe(),
-                            },
-                        )
-            if spec.measurement.remeasure_sessions and (summary.completed or summary.orphans_requeued):
+            run.loop()
+            if spec.measurement.remeasure_sessions and summary.completed:
                 notify("remeasure-start", {"sessions": spec.measurement.remeasure_sessions})
                 summary.remeasured = remeasure_frontier(
                     study,
@@ -532,22 +656,14 @@ def run_study(
                     notify=notify,
                 )
     except KeyboardInterrupt:
-        for ref, entry in inflight.items():
-            with contextlib.suppress(Exception):
-                executor.cancel(ref, entry.owner)
-            with contextlib.suppress(Exception):
-                if study._storage.get_trial(entry.trial._trial_id).state == TrialState.RUNNING:
-                    fail_trial(
-                        study,
-                        entry.trial,
-                        "interrupted: the run was stopped; its parameters were queued again",
-                        requeue=True,
-                    )
+        run.interrupt()
         summary.elapsed_s = time.monotonic() - started
         raise RunInterrupted(
             f"Interrupted. {counted_trials(study)} finished trials of study {spec.study.name!r} are "
             "saved; run the same command again to continue."
         ) from None
+    finally:
+        cache.dispose()
     summary.elapsed_s = time.monotonic() - started
     return summary
 

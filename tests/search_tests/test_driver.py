@@ -165,3 +165,25 @@ def test_changing_objectives_of_an_existing_study_is_an_error(tmp_path: Path, ar
     other, _ = _spec_and_locations(tmp_path, artifacts, objectives=[{"name": "accuracy"}])
     with pytest.raises(ConfigError, match="already exists with directions"):
         open_study(other, locations)
+
+
+def test_duplicate_configurations_are_served_from_the_cache(tmp_path: Path, artifacts: Path) -> None:
+    spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 3, "workers": 1})
+    pruned = CompressionConfig(pruning=PruneConfig("channel", 0.5))
+    _enqueue(spec, locations, pruned, pruned, CompressionConfig())
+    summary = run_study(spec, locations=locations)
+    assert (summary.completed, summary.cached) == (3, 1)
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    first, second, _ = study.trials
+    assert second.user_attrs["cached_from"] == {"study": "test-study", "trial": 0}
+    assert second.values == first.values
+    assert second.user_attrs["latency"] == first.user_attrs["latency"]
+
+    # Another study in the same storage is served too: nothing is compressed or measured again.
+    other = parse_study(study_dict(tmp_path, artifacts, study={"name": "other-study"}, budget={"n_trials": 2}))
+    _enqueue(other, locations, pruned, CompressionConfig())
+    summary = run_study(other, locations=locations)
+    assert (summary.completed, summary.cached) == (2, 2)
+    reread = optuna.load_study(study_name="other-study", storage=locations.storage_url)
+    assert [t.user_attrs["cached_from"]["study"] for t in reread.trials] == ["test-study", "test-study"]
+    assert export_trial(other, locations, 0, tmp_path / "out")[0].stat().st_size > 0
