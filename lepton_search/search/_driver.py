@@ -35,7 +35,17 @@ from lepton_search.objectives import (
     prepare,
 )
 from lepton_search.objectives._evaluate import load_task
-from lepton_search.search._executor import RayExecutor, describe_failure
+from lepton_search.search._attrs import (
+    FAIL_REASON,
+    REMEASURED_PREFIX,
+    REQUEUED,
+    STUDY_BASELINE_ATTR,
+    STUDY_HYPERVOLUME_ATTR,
+    STUDY_OBJECTIVES_ATTR,
+    STUDY_SPEC_ATTR,
+)
+from lepton_search.search._executor import RayExecutor, describe_failure, gpus_per_trial
+from lepton_search.search._frontier import hypervolume, reference_point
 from lepton_search.search._samplers import create_sampler, run_seed
 from lepton_search.search._spec import StudySpec
 from lepton_search.spaces import CompressionConfig
@@ -50,15 +60,6 @@ from lepton_search.storage import (
 
 if TYPE_CHECKING:
     import optuna
-
-REQUEUED = "requeued"
-FAIL_REASON = "fail_reason"
-STUDY_SPEC_ATTR = "lepton:spec"
-STUDY_BASELINE_ATTR = "lepton:baseline"
-STUDY_OBJECTIVES_ATTR = "lepton:objectives"
-
-
-REMEASURED_PREFIX = "lepton:remeasured:"
 
 
 class RunInterrupted(LeptonSearchError):
@@ -439,6 +440,7 @@ class _Run:
         self.fingerprint = load_task(request).fingerprint()
         self.inflight: dict[Any, _InFlight] = {}
         self.submitted = 0
+        self.hypervolume = 0.0
 
     def may_submit(self) -> bool:
         if self.remaining is not None and self.submitted >= self.remaining:
@@ -503,6 +505,7 @@ class _Run:
             )
             return
         self.summary.completed += 1
+        self.hypervolume = self.record_hypervolume(trial.number)
         if cached_from is None:
             payload = {k: v for k, v in dataclasses.asdict(result).items() if k != "onnx_bytes"}
             self.cache.put(
@@ -523,8 +526,20 @@ class _Run:
                 "ratio": result.latency["ratio"],
                 "verdict": result.latency["verdict"],
                 "cached": cached_from is not None,
+                "hypervolume": self.hypervolume,
             },
         )
+
+    def record_hypervolume(self, number: int) -> float:
+        """Appends (trial number, hypervolume) to the study's history and returns the value."""
+        reference = reference_point(self.study)
+        value = hypervolume(self.study, reference)
+        history = dict(self.study.user_attrs.get(STUDY_HYPERVOLUME_ATTR) or {})
+        history["reference_point"] = reference
+        history["objectives"] = self.spec.objective_names
+        history["history"] = [*history.get("history", []), [number, value]]
+        self.study.set_user_attr(STUDY_HYPERVOLUME_ATTR, history)
+        return value
 
     def fail(self, trial: Any, label: str, reason: str) -> None:
         fail_trial(self.study, trial, reason)
@@ -623,7 +638,9 @@ def run_study(
         return summary
 
     max_workers = workers or budget.workers
-    executor = executor or RayExecutor(workers=max_workers, address=ray_address)
+    executor = executor or RayExecutor(
+        workers=max_workers, address=ray_address, gpus_per_trial=gpus_per_trial(spec.measurement.backend)
+    )
     own_executor = not executor._windows
     cache = ResultCache(locations.storage_url)
     run = _Run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,9 +153,12 @@ class RayExecutor:
         object_store_mb: Object store size for a local instance; results are small.
     """
 
-    def __init__(self, *, workers: int, address: str | None = None, object_store_mb: int = 512) -> None:
+    def __init__(
+        self, *, workers: int, address: str | None = None, object_store_mb: int = 512, gpus_per_trial: float = 0
+    ) -> None:
         self.workers = workers
         self.address = address
+        self.gpus_per_trial = gpus_per_trial
         self.object_store_mb = object_store_mb
         self._started_ray = False
         self._windows: dict[str, Any] = {}
@@ -186,6 +188,7 @@ class RayExecutor:
                     f"Cannot start or join Ray ({self.address or 'local'}): {type(e).__name__}: {e}"
                 ) from e
             self._started_ray = True
+        self._check_gpus(ray.cluster_resources().get("GPU", 0.0))
         window_cls = ray.remote(num_cpus=0, max_restarts=-1)(MeasurementWindow)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -202,7 +205,21 @@ class RayExecutor:
             ).remote()
         # Crashes are almost always deterministic for a given config; retrying would only double
         # the cost before the same failure. The driver's timeout bounds hangs and OOM loops.
-        self._remote = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(_evaluate_task)
+        # A GPU task gets a fresh worker process per trial by default (max_calls=1), which frees
+        # CUDA memory between trials at the cost of CUDA start-up each time; that is what we want.
+        self._remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_trial, max_retries=0, retry_exceptions=False)(
+            _evaluate_task
+        )
+
+    def _check_gpus(self, available: float) -> None:
+        # A task that asks for a GPU the cluster lacks stays pending forever; refuse up front.
+        if self.gpus_per_trial > available:
+            self.shutdown()
+            raise LeptonSearchError(
+                f"The measurement backend needs {self.gpus_per_trial:g} GPU per trial, but the Ray "
+                f"cluster has {available:g} GPUs. Use a CPU backend (measurement.backend = "
+                "'onnxruntime-cpu'), or join a cluster with GPUs using --ray-address."
+            )
 
     def submit(self, request: TrialRequest, owner: str) -> Any:
         return self._remote.remote(request, owner, self._windows)
@@ -211,7 +228,7 @@ class RayExecutor:
         """Re-measures a model in a fresh worker process (``max_calls=1``: the process exits after)."""
         import ray
 
-        remote = ray.remote(num_cpus=1, max_calls=1, max_retries=0)(_remeasure_task)
+        remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_trial, max_calls=1, max_retries=0)(_remeasure_task)
         return remote.remote(request, onnx_bytes, sessions, owner, self._windows)
 
     def wait(self, refs: list[Any], timeout: float) -> list[Any]:
@@ -283,5 +300,9 @@ def describe_failure(error: BaseException) -> str:
     return f"{name}: {first}"[:1000]
 
 
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2))
+GPU_BACKEND_MARKERS = ("cuda", "tensorrt")
+
+
+def gpus_per_trial(backend: str) -> float:
+    """One GPU per trial for backends that measure on a GPU, none otherwise."""
+    return 1.0 if any(marker in backend for marker in GPU_BACKEND_MARKERS) else 0.0

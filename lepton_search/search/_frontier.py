@@ -5,10 +5,12 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
+from lepton_search.search._attrs import REMEASURED_PREFIX, STUDY_BASELINE_ATTR, STUDY_OBJECTIVES_ATTR, STUDY_SPEC_ATTR
+
 if TYPE_CHECKING:
     import optuna
 
-from lepton_search.search._driver import REMEASURED_PREFIX, STUDY_BASELINE_ATTR, STUDY_OBJECTIVES_ATTR
+DEFAULT_ACCURACY_TOLERANCE = 0.05
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -104,3 +106,58 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
         "baseline": baseline_summary(study),
         "trials": [trial_entry(t, names, study) for t in best],
     }
+
+
+def reference_point(study: optuna.Study, tolerance: float | None = None) -> list[float] | None:
+    """A task-relevant hypervolume reference point, in the objectives' own directions.
+
+    Accuracy: the baseline's minus ``tolerance``; latency and cost: the baseline's (so only
+    configurations that really help count); size: the largest size seen.
+    """
+    from optuna.trial import TrialState
+
+    names = objective_names(study)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not trials:
+        return None
+    base = baseline_summary(study)
+    spec = study.user_attrs.get(STUDY_SPEC_ATTR, {})
+    if tolerance is None:
+        tolerance = (spec.get("constraints") or {}).get("max_accuracy_drop") or DEFAULT_ACCURACY_TOLERANCE
+    point: list[float] = []
+    for i, name in enumerate(names):
+        if name == "accuracy" and base["values"].get("accuracy") is not None:
+            point.append(base["values"]["accuracy"] - tolerance)
+        elif name == "latency_ms" and base["latency"]["median_ms"]:
+            point.append(base["latency"]["median_ms"])
+        elif name == "cost_usd_per_million":
+            ratios = [
+                t.values[i] / t.user_attrs["ratio_to_baseline"] for t in trials if t.user_attrs.get("ratio_to_baseline")
+            ]
+            point.append(statistics.median(ratios) if ratios else max(t.values[i] for t in trials))
+        else:
+            point.append(max(t.values[i] for t in trials) * 1.1)
+    return point
+
+
+def hypervolume(study: optuna.Study, reference: list[float] | None = None) -> float:
+    """Hypervolume of the feasible frontier against ``reference`` (default: :func:`reference_point`).
+
+    Only points better than the reference in every objective count, so compressions that are not
+    faster than the baseline, or lose more accuracy than the tolerance, add nothing.
+    """
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+    from optuna.study import StudyDirection
+
+    reference = reference if reference is not None else reference_point(study)
+    best = study.best_trials
+    if reference is None or not best:
+        return 0.0
+    signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
+    ref = np.asarray(reference, dtype=float) * signs
+    points = np.array([t.values for t in best], dtype=float) * signs
+    points = points[(points < ref).all(axis=1)]
+    if len(points) == 0:
+        return 0.0
+    return float(compute_hypervolume(points, ref, assume_pareto=False))

@@ -19,6 +19,8 @@ class ProgressReporter:
         self.completed = 0
         self.failed = 0
         self.best_ratio: float | None = None
+        self.hypervolume = 0.0
+        self.cached = 0
         self._progress: Progress | None = None
         self._task: Any = None
 
@@ -41,8 +43,9 @@ class ProgressReporter:
             self._progress.stop()
 
     def _status(self) -> str:
-        best = f" · fastest ok {self.best_ratio:.2f}x of baseline" if self.best_ratio else ""
-        return f"done {self.completed} · failed {self.failed}{best}"
+        best = f" · fastest {self.best_ratio:.2f}x of baseline" if self.best_ratio else ""
+        cached = f" · cached {self.cached}" if self.cached else ""
+        return f"done {self.completed} · failed {self.failed}{cached} · hypervolume {self.hypervolume:.4g}{best}"
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "start":
@@ -71,6 +74,8 @@ class ProgressReporter:
             return
         if info["state"] == "COMPLETE":
             self.completed += 1
+            self.cached += int(bool(info.get("cached")))
+            self.hypervolume = info.get("hypervolume", self.hypervolume)
             if info.get("verdict") == "faster":
                 ratio = info["ratio"]
                 self.best_ratio = ratio if self.best_ratio is None else min(self.best_ratio, ratio)
@@ -83,6 +88,7 @@ class ProgressReporter:
                 line = (
                     f"trial {info['number']:>4} {info['label']:<45} acc {info['accuracy']:.4f} "
                     f"latency {info['latency_ms']:.3f} ms ratio {info['ratio']:.3f} ({info['verdict']})"
+                    f"{' [cached]' if info.get('cached') else ''} hv {info.get('hypervolume', 0):.4g}"
                 )
             else:
                 line = f"trial {info['number']:>4} {info['label']:<45} {info['state']}: {info.get('reason', '')}"

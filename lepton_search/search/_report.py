@@ -4,50 +4,15 @@ coordinates and the frontier table, in one self-contained Plotly page."""
 from __future__ import annotations
 
 import html
-import statistics
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lepton_search.search._frontier import baseline_summary, frontier, objective_names, remeasured
+from lepton_search.search._frontier import baseline_summary, frontier, objective_names, reference_point, remeasured
 
 if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
-
-DEFAULT_ACCURACY_TOLERANCE = 0.05
-
-
-def reference_point(study: optuna.Study, tolerance: float | None = None) -> list[float] | None:
-    """A task-relevant hypervolume reference point, in the objectives' own directions.
-
-    Accuracy: the baseline's minus ``tolerance``; latency and cost: the baseline's (so only
-    configurations that really help count); size: the largest size seen.
-    """
-    from optuna.trial import TrialState
-
-    names = objective_names(study)
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not trials:
-        return None
-    base = baseline_summary(study)
-    spec = study.user_attrs.get("lepton:spec", {})
-    if tolerance is None:
-        tolerance = (spec.get("constraints") or {}).get("max_accuracy_drop") or DEFAULT_ACCURACY_TOLERANCE
-    point: list[float] = []
-    for i, name in enumerate(names):
-        if name == "accuracy" and base["values"].get("accuracy") is not None:
-            point.append(base["values"]["accuracy"] - tolerance)
-        elif name == "latency_ms" and base["latency"]["median_ms"]:
-            point.append(base["latency"]["median_ms"])
-        elif name == "cost_usd_per_million":
-            ratios = [
-                t.values[i] / t.user_attrs["ratio_to_baseline"] for t in trials if t.user_attrs.get("ratio_to_baseline")
-            ]
-            point.append(statistics.median(ratios) if ratios else max(t.values[i] for t in trials))
-        else:
-            point.append(max(t.values[i] for t in trials) * 1.1)
-    return point
 
 
 def _hover(trial: optuna.trial.FrozenTrial) -> str:

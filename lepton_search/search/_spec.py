@@ -116,7 +116,7 @@ class BudgetSpec(_Strict):
 class MeasurementSpec(_Strict):
     """``[measurement]``: the latency protocol (see ``objectives.MeasurementSettings``)."""
 
-    backend: Literal["onnxruntime-cpu"] = "onnxruntime-cpu"
+    backend: str = Field(default="onnxruntime-cpu", description="A registered latency backend.")
     threads: int = Field(default=1, ge=1, le=512)
     batch_size: int = Field(default=64, ge=1, le=65536)
     sessions: int = Field(default=3, ge=2, le=100)
@@ -129,6 +129,15 @@ class MeasurementSpec(_Strict):
     remeasure_sessions: int = Field(
         default=5, ge=0, le=100, description="Sessions when re-measuring the frontier at the end of a run; 0 skips it."
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from lepton_search.objectives import known_backends
+
+        if v not in known_backends():
+            raise ValueError(f"unknown latency backend {v!r}; known backends: {', '.join(known_backends())}")
+        return v
 
 
 class CostSpec(_Strict):

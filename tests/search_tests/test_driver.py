@@ -15,7 +15,9 @@ from lepton_search.errors import ConfigError
 from lepton_search.search import Locations, frontier, parse_study, run_study, write_report
 from lepton_search.search._driver import open_study
 from lepton_search.search._export import export_trial
+from lepton_search.search._frontier import hypervolume
 from lepton_search.spaces import CompressionConfig, PruneConfig, SearchSpace
+from lepton_search.storage import get_storage
 from lepton_search.testing import study_dict
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -68,6 +70,10 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
     assert data["baseline"]["latency"]["median_ms"] > 0
     assert data["trials"], "a finished study has a non-empty frontier"
     assert summary.remeasured == len(data["trials"])
+    history = study.user_attrs["lepton:hypervolume"]
+    assert [number for number, _ in history["history"]] == sorted(t.number for t in trials)
+    assert history["history"][-1][1] == pytest.approx(hypervolume(study, history["reference_point"]))
+    assert history["reference_point"][0] == pytest.approx(data["baseline"]["values"]["accuracy"] - 0.05)
     for entry in data["trials"]:
         assert set(entry["values"]) == {"accuracy", "latency_ms"}
         assert entry["latency"]["ratio_to_baseline"] > 0
@@ -187,3 +193,25 @@ def test_duplicate_configurations_are_served_from_the_cache(tmp_path: Path, arti
     reread = optuna.load_study(study_name="other-study", storage=locations.storage_url)
     assert [t.user_attrs["cached_from"]["study"] for t in reread.trials] == ["test-study", "test-study"]
     assert export_trial(other, locations, 0, tmp_path / "out")[0].stat().st_size > 0
+
+
+def test_a_gpu_backend_on_a_cluster_without_gpus_is_refused_not_left_pending(ray_session: None) -> None:
+    from lepton_search.errors import LeptonSearchError
+    from lepton_search.search._executor import RayExecutor, gpus_per_trial
+
+    assert gpus_per_trial("onnxruntime-cpu") == 0 and gpus_per_trial("torch-cpu") == 0
+    assert gpus_per_trial("onnxruntime-cuda") == 1 and gpus_per_trial("torch-cuda-graphs") == 1
+    executor = RayExecutor(workers=1, gpus_per_trial=1)
+    with pytest.raises(LeptonSearchError, match=r"needs 1 GPU per trial, but the Ray cluster has 0 GPUs"):
+        executor.start()
+
+
+@pytest.mark.postgres
+def test_a_study_runs_on_postgresql(tmp_path: Path, artifacts: Path, postgres_url: str) -> None:
+    spec = parse_study(study_dict(tmp_path, artifacts, study={"storage": postgres_url}, budget={"n_trials": 2}))
+    locations = Locations.resolve(spec)
+    summary = run_study(spec, locations=locations)
+    assert summary.completed == 2
+    study = optuna.load_study(study_name="test-study", storage=get_storage(postgres_url))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert frontier(study)["trials"]

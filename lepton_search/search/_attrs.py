@@ -1,0 +1,15 @@
+"""Names of the attributes lepton-search stores on Optuna studies and trials.
+
+Study user attributes hold the study file, objective names, the baseline, frontier
+re-measurements and the hypervolume history; trial user attributes hold each trial's config,
+measurements and, for failures, the reason.
+"""
+
+STUDY_SPEC_ATTR = "lepton:spec"
+STUDY_BASELINE_ATTR = "lepton:baseline"
+STUDY_OBJECTIVES_ATTR = "lepton:objectives"
+STUDY_HYPERVOLUME_ATTR = "lepton:hypervolume"
+REMEASURED_PREFIX = "lepton:remeasured:"
+
+FAIL_REASON = "fail_reason"
+REQUEUED = "requeued"
