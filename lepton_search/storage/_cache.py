@@ -16,24 +16,11 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Column, Float, MetaData, String, Table, Text, create_engine, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from lepton_search.errors import StorageError
-from lepton_search.storage._rdb import normalize_url, sqlite_path
-
-_metadata = MetaData()
-trial_cache = Table(
-    "lepton_trial_cache",
-    _metadata,
-    Column("key", String(64), primary_key=True),
-    Column("study_name", String(512), nullable=False),
-    Column("trial_number", String(32), nullable=False),
-    Column("artifact_id", String(64), nullable=True),
-    Column("payload", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
+from lepton_search.storage._migrate import engine_for, upgrade
+from lepton_search.storage._tables import trial_cache
 
 
 def cache_key(**parts: Any) -> str:
@@ -45,15 +32,8 @@ class ResultCache:
     """Read and write evaluated trial results by key, in the study's database."""
 
     def __init__(self, url: str) -> None:
-        url = normalize_url(url)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if sqlite_path(url) is not None:
-            kwargs = {"connect_args": {"timeout": 60}}
-        try:
-            self._engine: Engine = create_engine(url, **kwargs)
-            _metadata.create_all(self._engine)
-        except SQLAlchemyError as e:
-            raise StorageError(f"Cannot create the result cache table in {url!r}: {e}") from e
+        self._engine = engine_for(url)
+        upgrade(self._engine)
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The cached entry for ``key``: ``{"study_name", "trial_number", "artifact_id", "payload"}``."""

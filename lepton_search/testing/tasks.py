@@ -34,6 +34,24 @@ def small_digits_task(**options: Any) -> DigitsCNNTask:
     return DigitsCNNTask(**{"width": 16, "epochs": 4, **options})
 
 
+def untraceable(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` behind a branch on the value of its output, which torch.export cannot trace."""
+    from torch import nn
+
+    class DataDependent(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.inner(x)
+            if out.sum() > 0:  # data-dependent control flow
+                return out
+            return -out
+
+    return DataDependent(model).eval()
+
+
 class FaultyDigitsTask(DigitsCNNTask):
     """The digits task with an injected fault.
 
@@ -61,22 +79,7 @@ class FaultyDigitsTask(DigitsCNNTask):
 
     def teacher(self, cache_dir: Path) -> torch.nn.Module:
         model = super().teacher(cache_dir)
-        if self.fault != "export":
-            return model
-        from torch import nn
-
-        class DataDependent(nn.Module):
-            def __init__(self, inner: nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                out = self.inner(x)
-                if bool(out.sum() > 0):  # data-dependent branch: torch.export cannot trace it
-                    return out
-                return -out
-
-        return DataDependent(model).eval()
+        return untraceable(model) if self.fault == "export" else model
 
     def evaluate(self, predict: PredictFn, split: Split = "validation") -> float:
         if self._armed and split == "validation":

@@ -29,6 +29,7 @@ from lepton_search.objectives._compress import (
 from lepton_search.objectives._evaluate import onnx_predictor
 from lepton_search.objectives.tasks.digits import build_digits_cnn
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
+from lepton_search.testing.tasks import untraceable
 
 # Bounds on validation accuracy (the teacher scores about 0.995 on its 359 validation images).
 QUANTIZED_MAX_DROP = 0.02  # int8 and fp16 keep the teacher's predictions almost exactly
@@ -274,22 +275,8 @@ def test_export_has_a_dynamic_batch_dimension(teacher: Any) -> None:
         assert run(teacher.task.example_inputs(n)).shape == (n, 10)
 
 
-class DataDependent(nn.Module):
-    """The teacher behind a branch on the value of its output, which torch.export cannot trace."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
-        if out.sum() > 0:
-            return out
-        return -out
-
-
 def test_untraceable_model_raises_a_helpful_compression_error(teacher: Any, tmp_path: Path) -> None:
-    model = DataDependent(teacher.model).eval()
+    model = untraceable(teacher.model)
 
     with pytest.raises(CompressionError) as caught:
         compress(model, CompressionConfig(), teacher.task, tmp_path)
@@ -298,7 +285,7 @@ def test_untraceable_model_raises_a_helpful_compression_error(teacher: Any, tmp_
     assert message.startswith("ONNX export failed: ")
     # What went wrong, where in the model's code, and what the fix is; no terminal colour codes.
     assert "data-dependent" in message
-    assert "test_compress.py" in message and "in forward" in message and "out.sum() > 0" in message
+    assert "tasks.py" in message and "in forward" in message and "out.sum() > 0" in message
     assert "traceable by torch.export" in message
     assert "\x1b[" not in message
     assert not (tmp_path / "model-fp32.onnx").exists()

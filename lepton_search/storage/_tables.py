@@ -1,0 +1,51 @@
+"""The project's own tables, beside Optuna's in the same database.
+
+Every name starts with ``lepton_`` and the schema is managed by this package's alembic migrations
+(``storage/migrations``), whose version is kept in ``lepton_alembic_version``, so neither Optuna's
+tables nor its ``alembic_version`` table are ever touched.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, UniqueConstraint
+
+metadata = MetaData()
+
+trial_cache = Table(
+    "lepton_trial_cache",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("study_name", String(512), nullable=False),
+    Column("trial_number", String(32), nullable=False),
+    Column("artifact_id", String(64), nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+nightly_runs = Table(
+    "lepton_nightly_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_name", String(512), nullable=False),
+    Column("run_date", String(10), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("target_trials", Integer, nullable=True),
+    Column("manifest", Text, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    UniqueConstraint("study_name", "run_date", name="uq_lepton_nightly_runs_study_date"),
+)
+
+frontier_snapshots = Table(
+    "lepton_frontier_snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_name", String(512), nullable=False),
+    Column("run_date", String(10), nullable=False),
+    Column("frontier", Text, nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("study_name", "run_date", name="uq_lepton_frontier_snapshots_study_date"),
+)
+
+VERSION_TABLE = "lepton_alembic_version"
