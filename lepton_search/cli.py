@@ -184,11 +184,80 @@ def export(study_file: str, storage: str | None, artifacts: str | None, trial_nu
         click.echo(f"Wrote {path}")
 
 
+@cli.command()
+@click.argument("path", type=click.Path(exists=False))
+@storage_option
+@artifacts_option
+@click.option("--date", "run_date", default=None, help="The night's date (YYYY-MM-DD); default today.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="nightly-reports",
+    show_default=True,
+    help="Where the dated HTML and JSON reports go.",
+)
+@click.option("--ray-address", default=None, help="Join an existing Ray cluster (HOST:PORT).")
+@click.pass_context
+def nightly(
+    ctx: click.Context,
+    path: str,
+    storage: str | None,
+    artifacts: str | None,
+    run_date: str | None,
+    out_dir: str,
+    ray_address: str | None,
+) -> None:
+    """Extend each study under PATH, re-measure its frontier and report drift.
+
+    PATH is a folder of study files (e.g. studies/nightly/) or one study file with a [nightly]
+    section. Exit codes: 0 no regression, 3 a frontier regressed, 4 a study's run failed.
+    """
+    from lepton_search.search._nightly import run_nightly
+    from lepton_search.search._progress import ProgressReporter
+
+    if run_date is not None:
+        try:
+            import datetime as dt
+
+            dt.date.fromisoformat(run_date)
+        except ValueError:
+            raise click.BadParameter(f"{run_date!r} is not a date like 2026-11-23.", param_hint="--date") from None
+    console = _console()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    with ProgressReporter(console, total=None, plain=True) as reporter:
+        code, outcomes = run_nightly(
+            Path(path),
+            run_date=run_date,
+            out_dir=Path(out_dir),
+            storage=storage,
+            artifacts=artifacts,
+            ray_address=ray_address,
+            on_event=reporter,
+        )
+    for o in outcomes:
+        line = f"{o.study}: {o.status}" + (" (already ran tonight)" if o.already_ran else f", +{o.added_trials} trials")
+        if o.error:
+            line += f": {o.error}"
+        console.print(line, markup=False, highlight=False)
+        for r in o.regressions:
+            console.print(
+                f"  REGRESSION trial {r['number']} {r['label']}: {r['previous_median_ms']:.4g} ms -> "
+                f"{r['median_ms']:.4g} ms ({r['slowdown']:.2f}x, tolerance {r['tolerance']:.0%})",
+                markup=False,
+                highlight=False,
+            )
+        for report in o.reports:
+            console.print(f"  wrote {report}", markup=False, highlight=False)
+    ctx.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lepton-search`` console script."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="lepton-search", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="lepton-search", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return EXIT_INTERRUPTED
@@ -205,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return EXIT_INTERRUPTED
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

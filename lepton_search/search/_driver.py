@@ -590,6 +590,7 @@ def run_study(
     ray_address: str | None = None,
     on_event: ProgressCallback | None = None,
     executor: RayExecutor | None = None,
+    always_remeasure: bool = False,
 ) -> RunSummary:
     """Runs (or continues) the study in ``spec`` until its trial budget or timeout is used.
 
@@ -602,6 +603,7 @@ def run_study(
         on_event: Called with ``("start", info)`` once, ``("trial", info)`` after each trial and
             ``("remeasure", info)`` after each frontier re-measurement.
         executor: A prepared executor (tests share one Ray instance).
+        always_remeasure: Re-measure the frontier even when this run adds no trial (nightly).
 
     Raises:
         RunInterrupted: Ctrl-C or SIGTERM; in-flight trials are failed, re-queued, and saved.
@@ -633,7 +635,7 @@ def run_study(
             "baseline": baseline,
         },
     )
-    if remaining == 0:
+    if remaining == 0 and not always_remeasure:
         summary.elapsed_s = time.monotonic() - started
         return summary
 
@@ -661,7 +663,7 @@ def run_study(
     try:
         with context:
             run.loop()
-            if spec.measurement.remeasure_sessions and summary.completed:
+            if spec.measurement.remeasure_sessions and (summary.completed or always_remeasure):
                 notify("remeasure-start", {"sessions": spec.measurement.remeasure_sessions})
                 summary.remeasured = remeasure_frontier(
                     study,

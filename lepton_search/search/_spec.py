@@ -149,6 +149,19 @@ class CostSpec(_Strict):
     )
 
 
+class NightlySpec(_Strict):
+    """``[nightly]``: what `lepton-search nightly` does with this study each night."""
+
+    trials: int = Field(default=10, ge=0, description="Trials added to the study each night.")
+    timeout_s: float | None = Field(default=None, gt=0, description="Wall-time limit of the extension.")
+    # Absolute latency moves more between processes and days than within one measurement window
+    # (shared/notes/latency.md saw 45% between two processes on a 2-vCPU machine), so the default
+    # is wider than the in-window noise band.
+    regression_tolerance: float = Field(
+        default=0.25, gt=0, lt=10, description="Slowdown (fraction) beyond which a frontier point regressed."
+    )
+
+
 def _default_objectives() -> list[ObjectiveSpec]:
     return [ObjectiveSpec(name="accuracy"), ObjectiveSpec(name="latency_ms")]
 
@@ -164,6 +177,7 @@ class StudySpec(_Strict):
     space: SearchSpace = Field(default_factory=SearchSpace)
     measurement: MeasurementSpec = Field(default_factory=MeasurementSpec)
     cost: CostSpec = Field(default_factory=CostSpec)
+    nightly: NightlySpec | None = None
 
     @field_validator("objectives")
     @classmethod

@@ -7,12 +7,14 @@ from lepton_search.storage._artifacts import (
     safe_name,
 )
 from lepton_search.storage._cache import ResultCache, cache_key
+from lepton_search.storage._ledger import RunLedger
 from lepton_search.storage._rdb import DEFAULT_STORAGE_URL, get_storage, normalize_url, sqlite_path
 
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
     "DEFAULT_STORAGE_URL",
     "ResultCache",
+    "RunLedger",
     "cache_key",
     "get_artifact_store",
     "get_storage",
