@@ -129,7 +129,12 @@ def _evaluate_task(request: TrialRequest, owner: str, namespace_windows: dict[st
     node_id = ray.get_runtime_context().get_node_id()
     window = namespace_windows.get(node_id)
     gate = RayGate(window, owner) if window is not None else None
-    return evaluate(request, gate)
+    result = evaluate(request, gate)
+    # Which node measured it: latency is only comparable within one device class, and the
+    # baseline it is paired with ran in the same window on the same node.
+    result.latency["device"]["ray_node_id"] = node_id
+    result.latency["device"]["ray_node_ip"] = ray.util.get_node_ip_address()
+    return result
 
 
 def _remeasure_task(
