@@ -52,8 +52,37 @@ def untraceable(model: torch.nn.Module) -> torch.nn.Module:
     return DataDependent(model).eval()
 
 
+class _ExportTrap:
+    """A model wrapper that torch.export can trace, except while a trial that should fail is armed.
+
+    ``armed`` is a class attribute so that the deep copy the pipeline makes of the teacher sees it.
+    """
+
+    armed = False
+
+    @classmethod
+    def wrap(cls, model: torch.nn.Module) -> torch.nn.Module:
+        from torch import nn
+
+        class Trap(nn.Module):
+            def __init__(self, inner: nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                out = self.inner(x)
+                if cls.armed and out.sum() > 0:  # data-dependent branch only while armed
+                    return out * 1.0
+                return out
+
+        return Trap(model).eval()
+
+
 class FaultyDigitsTask(DigitsCNNTask):
     """The digits task with an injected fault.
+
+    ``export`` makes the compressed model of a matching trial untraceable, so its ONNX export
+    fails; the baseline and other trials export normally.
 
     Args:
         fault: What goes wrong.
@@ -76,13 +105,15 @@ class FaultyDigitsTask(DigitsCNNTask):
 
     def before_trial(self, config: CompressionConfig) -> None:
         self._armed = self.when in ("any", config.pruning.method)
+        if self.fault == "export":
+            _ExportTrap.armed = self._armed
 
     def teacher(self, cache_dir: Path) -> torch.nn.Module:
         model = super().teacher(cache_dir)
-        return untraceable(model) if self.fault == "export" else model
+        return _ExportTrap.wrap(model) if self.fault == "export" else model
 
     def evaluate(self, predict: PredictFn, split: Split = "validation") -> float:
-        if self._armed and split == "validation":
+        if self._armed and split == "validation" and self.fault != "export":
             if self.fault == "nan":
                 return float("nan")
             self._fire()

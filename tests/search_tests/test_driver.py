@@ -140,6 +140,7 @@ def test_orphaned_running_trials_are_failed_and_requeued(tmp_path: Path, artifac
         ("nan", "metric is nan"),
         ("oom", "MemoryError"),
         ("hang", "timeout"),
+        ("export", "ONNX export failed"),
     ],
 )
 def test_faults_become_failed_trials_and_the_study_goes_on(
