@@ -64,3 +64,43 @@ def test_dashboard_shows_the_study_with_named_objectives_and_artifacts(served) -
 def test_dashboard_binds_to_loopback_by_default() -> None:
     host = next(p for p in dashboard.params if p.name == "host")
     assert host.default == "127.0.0.1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_dashboard_reads_while_the_driver_writes(
+    request: pytest.FixtureRequest, tmp_path: Path, artifacts: Path, ray_session: None, backend: str
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    spec = parse_study(study_dict(tmp_path, artifacts, study={"storage": storage}, budget={"n_trials": 4}))
+    locations = Locations.resolve(spec)
+    app = dashboard_app(locations.storage_url, str(locations.artifact_dir))
+    server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+
+    stop = threading.Event()
+    reads: list[int] = []
+    errors: list[str] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                for summary in _get(f"{base}/api/studies")["study_summaries"]:
+                    detail = _get(f"{base}/api/studies/{summary['study_id']}?after=0")
+                    reads.append(len(detail["trials"]))
+            except Exception as e:  # any failed read is what this test looks for
+                errors.append(f"{type(e).__name__}: {e}")
+            stop.wait(0.2)
+
+    reader = threading.Thread(target=poll, daemon=True)
+    reader.start()
+    try:
+        summary = run_study(spec, locations=locations)
+    finally:
+        stop.set()
+        reader.join(timeout=30)
+        server.shutdown()
+    assert summary.completed == 4
+    assert not errors, errors[:3]
+    assert len(reads) >= 5 and reads[-1] == 4
