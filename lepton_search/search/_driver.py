@@ -48,7 +48,7 @@ from lepton_search.search._executor import RayExecutor, describe_failure, gpus_p
 from lepton_search.search._frontier import hypervolume, reference_point
 from lepton_search.search._samplers import create_sampler, run_seed
 from lepton_search.search._spec import StudySpec
-from lepton_search.spaces import CompressionConfig
+from lepton_search.spaces import CompressionConfig, SearchSpace
 from lepton_search.storage import (
     DEFAULT_ARTIFACT_DIR,
     DEFAULT_STORAGE_URL,
@@ -95,6 +95,7 @@ class RunSummary:
     orphans_requeued: int = 0
     remeasured: int = 0
     cached: int = 0
+    warm_started: int = 0
     elapsed_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -135,6 +136,34 @@ def open_study(spec: StudySpec, locations: Locations, *, create: bool = True, se
         study.set_user_attr(STUDY_SPEC_ATTR, spec.model_dump(mode="json"))
         study.set_user_attr("lepton:version", __version__)
     return study
+
+
+def warm_start(study: optuna.Study, spec: StudySpec, storage_url: str) -> int:
+    """Queues the frontier configurations of ``[study].warm_start_from`` studies into a new study.
+
+    Only configurations inside this study's space are queued; a study that already has trials is
+    left alone (warm starts happen once). Returns the number of trials queued.
+    """
+    import optuna
+
+    if not spec.study.warm_start_from or study.get_trials(deepcopy=False):
+        return 0
+    known = {s.study_name for s in study._storage.get_all_studies()}
+    queued: set[str] = set()
+    for name in spec.study.warm_start_from:
+        if name not in known:
+            raise ConfigError(
+                f"[study].warm_start_from names study {name!r}, which is not in {storage_url}; studies "
+                f"there: {sorted(known - {spec.study.name}) or '(none)'}."
+            )
+        source = optuna.load_study(study_name=name, storage=study._storage)
+        for trial in source.best_trials:
+            config = CompressionConfig.from_dict(trial.user_attrs["config"])
+            if config.config_hash in queued or not spec.space.contains(config):
+                continue
+            queued.add(config.config_hash)
+            study.enqueue_trial(SearchSpace.params_of(config), user_attrs={"warm_start_from": f"{name}#{trial.number}"})
+    return len(queued)
 
 
 def requeue_orphans(study: optuna.Study, reason: str) -> int:
@@ -616,6 +645,7 @@ def run_study(
 
     study = open_study(spec, locations)
     artifact_store = get_artifact_store(locations.artifact_dir)
+    summary.warm_started = warm_start(study, spec, locations.storage_url)
     summary.orphans_requeued = requeue_orphans(
         study,
         "orphaned: the driver stopped before this trial finished (killed or crashed); its parameters were queued again",

@@ -42,6 +42,10 @@ class StudySection(_Strict):
     artifacts: str | None = Field(default=None, description="Artifact directory; default lepton-artifacts")
     seed: int = 0
     description: str = ""
+    warm_start_from: list[str] = Field(
+        default_factory=list,
+        description="Studies in the same storage whose frontier configurations seed a new study.",
+    )
 
     @field_validator("task")
     @classmethod

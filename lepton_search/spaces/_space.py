@@ -193,6 +193,29 @@ class SearchSpace(_Section):
                 distill = DistillConfig(method="hard", epochs=epochs, learning_rate=d.learning_rate)
         return CompressionConfig(quantization=quantize, pruning=prune, distillation=distill)
 
+    def contains(self, config: CompressionConfig) -> bool:
+        """Whether :meth:`suggest` could produce ``config`` (every value within this space)."""
+        q, p, d = self.quantization, self.pruning, self.distillation
+        cq, cp, cd = config.quantization, config.pruning, config.distillation
+        checks = [cq.precision in q.precision, cp.method in p.method, cd.method in d.method]
+        if cq.precision == "int8":
+            checks.append(cq.int8_mode in q.int8_mode)
+            if cq.int8_mode == "static":
+                checks += [
+                    cq.calibration_method in q.calibration_method,
+                    q.calibration_batches[0] <= (cq.calibration_batches or 0) <= q.calibration_batches[1],
+                ]
+        if cp.method != "none":
+            checks.append(p.ratio[0] - 1e-9 <= cp.ratio <= p.ratio[1] + 1e-9)
+        if cd.method != "none":
+            checks += [d.epochs[0] <= cd.epochs <= d.epochs[1], cd.learning_rate == d.learning_rate]
+            if cd.method == "soft":
+                checks += [
+                    d.temperature[0] <= (cd.temperature or 0) <= d.temperature[1],
+                    d.alpha[0] <= (cd.alpha if cd.alpha is not None else -1) <= d.alpha[1],
+                ]
+        return all(checks)
+
     @staticmethod
     def params_of(config: CompressionConfig) -> dict[str, Any]:
         """The trial parameters that :meth:`suggest` would need to produce ``config``.

@@ -216,3 +216,24 @@ def test_a_study_runs_on_postgresql(tmp_path: Path, artifacts: Path, postgres_ur
     study = optuna.load_study(study_name="test-study", storage=get_storage(postgres_url))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert frontier(study)["trials"]
+
+
+def test_a_new_study_is_warm_started_from_another_studys_frontier(tmp_path: Path, artifacts: Path) -> None:
+    spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 2})
+    _enqueue(spec, locations, CompressionConfig(pruning=PruneConfig("channel", 0.5)), CompressionConfig())
+    run_study(spec, locations=locations)
+    source = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    frontier_configs = {t.user_attrs["config_hash"] for t in source.best_trials}
+
+    follower = parse_study(
+        study_dict(tmp_path, artifacts, study={"name": "v2", "warm_start_from": ["test-study"]}, budget={"n_trials": 2})
+    )
+    summary = run_study(follower, locations=locations)
+    assert summary.warm_started == len(frontier_configs)
+    study = optuna.load_study(study_name="v2", storage=locations.storage_url)
+    seeded = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    assert {t.user_attrs["config_hash"] for t in seeded} == frontier_configs
+
+    missing = parse_study(study_dict(tmp_path, artifacts, study={"name": "v3", "warm_start_from": ["nope"]}))
+    with pytest.raises(ConfigError, match="warm_start_from names study 'nope'"):
+        run_study(missing, locations=locations)
