@@ -8,6 +8,7 @@ exclusively, so no other trial computes on the device while one is being measure
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import tempfile
@@ -24,6 +25,7 @@ from lepton_search.objectives._compress import compress, export_onnx
 from lepton_search.objectives._cost import CostModel
 from lepton_search.objectives._latency import MeasurementSettings, get_backend, measure_pair
 from lepton_search.objectives.tasks import Task, resolve_task
+from lepton_search.objectives.tasks._base import contiguous_inputs
 from lepton_search.spaces import CompressionConfig
 
 if TYPE_CHECKING:
@@ -64,6 +66,8 @@ class TrialRequest:
     task_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     compute_threads: int = 1
+    # Multi-fidelity screening: distill for at most this many epochs (None: as configured).
+    max_distill_epochs: int | None = None
 
 
 @dataclass
@@ -155,6 +159,14 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def at_fidelity(config: CompressionConfig, max_distill_epochs: int | None) -> CompressionConfig:
+    """``config`` with distillation capped at ``max_distill_epochs`` (a cheap screening rung)."""
+    d = config.distillation
+    if max_distill_epochs is None or d.method == "none" or d.epochs <= max_distill_epochs:
+        return config
+    return dataclasses.replace(config, distillation=dataclasses.replace(d, epochs=max_distill_epochs))
+
+
 def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResult:
     """Compresses, scores, measures and prices one configuration.
 
@@ -167,7 +179,7 @@ def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResu
 
     gate = gate or NoGate()
     torch.set_num_threads(request.compute_threads)
-    config = CompressionConfig.from_json(request.config_json)
+    config = at_fidelity(CompressionConfig.from_json(request.config_json), request.max_distill_epochs)
     cache_dir = Path(request.cache_dir)
     with gate.compute():
         task = load_task(request)
@@ -191,7 +203,7 @@ def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResu
             raise TrialFailed(
                 f"The task metric is {accuracy} (validation) and {test_accuracy} (test); it must be finite."
             )
-        inputs = np.ascontiguousarray(task.example_inputs(request.settings.batch_size))
+        inputs = contiguous_inputs(task.example_inputs(request.settings.batch_size))
         with gate.measure():
             start = time.perf_counter()
             pair = measure_pair(compressed.onnx_path, baseline, inputs, request.settings)

@@ -96,6 +96,7 @@ class RunSummary:
     remeasured: int = 0
     cached: int = 0
     warm_started: int = 0
+    screened: int = 0
     elapsed_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -219,6 +220,7 @@ def result_key(request: TrialRequest, task_fingerprint: str, config: Compression
         task_options=request.task_options,
         fingerprint=task_fingerprint,
         config=config.config_hash,
+        fidelity=request.max_distill_epochs,
         settings=settings,
         cost=dataclasses.asdict(request.cost),
         device={k: manifest.get(k) for k in ("backend", "device_class", "device", "onnxruntime", "threads")},
@@ -470,11 +472,18 @@ class _Run:
         self.inflight: dict[Any, _InFlight] = {}
         self.submitted = 0
         self.hypervolume = 0.0
+        # With successive halving the full-fidelity study only evaluates promoted (queued) trials.
+        self.only_queued = False
+        self.fidelity = "full"
 
     def may_submit(self) -> bool:
+        from optuna.trial import TrialState
+
         if self.remaining is not None and self.submitted >= self.remaining:
             return False
-        return self.deadline is None or time.monotonic() < self.deadline
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
+        return not self.only_queued or bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
     def loop(self) -> None:
         while self.inflight or self.may_submit():
@@ -494,6 +503,7 @@ class _Run:
         except LeptonSearchError as e:
             self.fail(trial, "-", f"invalid configuration: {e}")
             return
+        trial.set_user_attr("fidelity", self.fidelity)
         hit = cached_result(self.cache, result_key(self.request, self.fingerprint, config), self.artifact_store)
         if hit is not None:
             self.summary.cached += 1
@@ -530,7 +540,14 @@ class _Run:
             reason = frozen.user_attrs.get(FAIL_REASON, "")
             self.summary.failures.append(f"trial {trial.number}: {reason}")
             self.notify(
-                "trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": config.describe()}
+                "trial",
+                {
+                    "number": trial.number,
+                    "state": "FAIL",
+                    "reason": reason,
+                    "label": config.describe(),
+                    "fidelity": self.fidelity,
+                },
             )
             return
         self.summary.completed += 1
@@ -556,6 +573,7 @@ class _Run:
                 "verdict": result.latency["verdict"],
                 "cached": cached_from is not None,
                 "hypervolume": self.hypervolume,
+                "fidelity": self.fidelity,
             },
         )
 
@@ -574,7 +592,10 @@ class _Run:
         fail_trial(self.study, trial, reason)
         self.summary.failed += 1
         self.summary.failures.append(f"trial {trial.number}: {reason}")
-        self.notify("trial", {"number": trial.number, "state": "FAIL", "reason": reason, "label": label})
+        self.notify(
+            "trial",
+            {"number": trial.number, "state": "FAIL", "reason": reason, "label": label, "fidelity": self.fidelity},
+        )
 
     def enforce_timeouts(self) -> None:
         limit = self.spec.budget.trial_timeout_s
@@ -608,6 +629,113 @@ class _Run:
                         requeue=True,
                     )
         self.inflight.clear()
+
+
+def pareto_ranks(values: list[list[float]], directions: list[str]) -> list[int]:
+    """Non-domination rank of each point (0 = on the front), by repeated peeling."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    points = [[v * s for v, s in zip(row, signs)] for row in values]
+    ranks = [-1] * len(points)
+    rank = 0
+    left = set(range(len(points)))
+    while left:
+        front = {
+            i
+            for i in left
+            if not any(
+                all(a <= b for a, b in zip(points[j], points[i])) and points[j] != points[i] for j in left if j != i
+            )
+        }
+        for i in front:
+            ranks[i] = rank
+        left -= front
+        rank += 1
+    return ranks
+
+
+def promote(screen: optuna.Study, since: int, fraction: float, target: optuna.Study, directions: list[str]) -> int:
+    """Queues the best ``fraction`` (by Pareto rank) of the screen trials numbered ``>= since`` into
+    ``target``, skipping configurations ``target`` already holds. Returns how many were queued."""
+    import math as _math
+
+    from optuna.trial import TrialState
+
+    done = [t for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number >= since]
+    if not done:
+        return 0
+    ranks = pareto_ranks([list(t.values) for t in done], directions)
+    order = sorted(range(len(done)), key=lambda i: (ranks[i], done[i].number))
+    held = {t.user_attrs.get("config_hash") for t in target.get_trials(deepcopy=False)}
+    held |= {
+        CompressionConfig.from_dict(t.user_attrs["config"]).config_hash
+        for t in target.get_trials(deepcopy=False)
+        if "config" in t.user_attrs
+    }
+    queued = 0
+    for i in order[: max(1, _math.ceil(fraction * len(done)))]:
+        config = CompressionConfig.from_dict(done[i].user_attrs["config"])
+        if config.config_hash in held:
+            continue
+        held.add(config.config_hash)
+        target.enqueue_trial(SearchSpace.params_of(config), user_attrs={"promoted_from": f"screen#{done[i].number}"})
+        queued += 1
+    return queued
+
+
+def successive_halving(main: _Run, locations: Locations, active: list[_Run]) -> None:
+    """Alternates screening rounds (cheap fidelity, in ``<name>:screen``) with full-fidelity
+    evaluation of what each round promotes, until the main study's budget is used."""
+    spec, fidelity = main.spec, main.spec.fidelity
+    assert fidelity is not None
+    screen_spec = spec.model_copy(
+        update={
+            "study": spec.study.model_copy(update={"name": f"{spec.study.name}:screen", "warm_start_from": []}),
+            "measurement": spec.measurement.model_copy(
+                update={"sessions": fidelity.screen_sessions, "remeasure_sessions": 0}
+            ),
+        }
+    )
+    screen_study = open_study(screen_spec, locations)
+    requeue_orphans(screen_study, "orphaned: the driver stopped during screening; its parameters were queued again")
+    screen_request = dataclasses.replace(
+        main.request,
+        settings=dataclasses.replace(main.request.settings, sessions=fidelity.screen_sessions),
+        max_distill_epochs=fidelity.screen_epochs,
+    )
+    main.only_queued = True
+    fruitless = 0
+    while True:
+        if main.may_submit():  # promoted trials are waiting, and budget and time are left
+            active[0] = main
+            main.loop()
+            continue
+        budget_left = main.remaining is None or main.submitted < main.remaining
+        if not budget_left or (main.deadline is not None and time.monotonic() >= main.deadline):
+            break
+        since = len(screen_study.get_trials(deepcopy=False))
+        screen = _Run(
+            screen_spec,
+            screen_study,
+            main.executor,
+            request=screen_request,
+            artifact_store=main.artifact_store,
+            cache=main.cache,
+            baseline=main.baseline,
+            max_workers=main.max_workers,
+            remaining=fidelity.screen_trials,
+            deadline=main.deadline,
+            summary=RunSummary(study_name=screen_spec.study.name),
+            notify=main.notify,
+        )
+        screen.fidelity = "screen"
+        active[0] = screen
+        screen.loop()
+        main.summary.screened += screen.summary.completed + screen.summary.failed
+        promoted = promote(screen_study, since, fidelity.promote_fraction, main.study, spec.directions)
+        main.notify("promote", {"screened": screen.summary.completed, "promoted": promoted})
+        fruitless = 0 if promoted else fruitless + 1
+        if fruitless >= 5:  # the screen keeps proposing what was already promoted: the space is exhausted
+            break
 
 
 def run_study(
@@ -690,9 +818,13 @@ def run_study(
         notify=notify,
     )
     context = _executor(executor) if own_executor else contextlib.nullcontext(executor)
+    active = [run]
     try:
         with context:
-            run.loop()
+            if spec.fidelity is not None:
+                successive_halving(run, locations, active)
+            else:
+                run.loop()
             if spec.measurement.remeasure_sessions and (summary.completed or always_remeasure):
                 notify("remeasure-start", {"sessions": spec.measurement.remeasure_sessions})
                 summary.remeasured = remeasure_frontier(
@@ -705,7 +837,7 @@ def run_study(
                     notify=notify,
                 )
     except KeyboardInterrupt:
-        run.interrupt()
+        active[0].interrupt()
         summary.elapsed_s = time.monotonic() - started
         raise RunInterrupted(
             f"Interrupted. {counted_trials(study)} finished trials of study {spec.study.name!r} are "

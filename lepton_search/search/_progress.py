@@ -64,6 +64,12 @@ class ProgressReporter:
         if kind == "remeasure-start":
             self.console.print(f"Re-measuring the frontier in fresh processes ({info['sessions']} sessions each)")
             return
+        if kind == "promote":
+            self.console.print(
+                f"Screening round: {info['screened']} screened, {info['promoted']} promoted to full fidelity",
+                markup=False,
+            )
+            return
         if kind == "remeasure":
             if "error" in info:
                 self.console.print(f"  trial {info['number']}: re-measurement failed: {info['error']}", markup=False)
@@ -71,6 +77,16 @@ class ProgressReporter:
                 self.console.print(
                     f"  trial {info['number']}: {info['ratio']:.3f}x baseline ({info['verdict']})", markup=False
                 )
+            return
+        if info.get("fidelity") == "screen":
+            detail = (
+                f"acc {info['accuracy']:.4f} ratio {info['ratio']:.3f}"
+                if info["state"] == "COMPLETE"
+                else info.get("reason", "")
+            )
+            self.console.print(
+                f"  screen {info['number']:>4} {info['label']:<45} {detail}", markup=False, highlight=False
+            )
             return
         if info["state"] == "COMPLETE":
             self.completed += 1

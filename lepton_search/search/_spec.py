@@ -153,6 +153,22 @@ class CostSpec(_Strict):
     )
 
 
+class FidelitySpec(_Strict):
+    """``[fidelity]``: successive halving run by the driver.
+
+    Configurations are first screened cheaply (distillation capped at ``screen_epochs``, latency
+    over ``screen_sessions`` sessions) in a companion study named ``<name>:screen``; after every
+    ``screen_trials`` screened configurations, the best ``promote_fraction`` by Pareto rank are
+    evaluated at full fidelity in the study itself. Only full-fidelity trials are in the study, so
+    only they can be on its frontier; ``[budget].n_trials`` counts them.
+    """
+
+    screen_trials: int = Field(default=12, ge=2)
+    promote_fraction: float = Field(default=0.34, gt=0, le=1)
+    screen_epochs: int = Field(default=1, ge=1)
+    screen_sessions: int = Field(default=2, ge=1, le=100)
+
+
 class NightlySpec(_Strict):
     """``[nightly]``: what `lepton-search nightly` does with this study each night."""
 
@@ -182,6 +198,7 @@ class StudySpec(_Strict):
     measurement: MeasurementSpec = Field(default_factory=MeasurementSpec)
     cost: CostSpec = Field(default_factory=CostSpec)
     nightly: NightlySpec | None = None
+    fidelity: FidelitySpec | None = None
 
     @field_validator("objectives")
     @classmethod

@@ -237,3 +237,47 @@ def test_a_new_study_is_warm_started_from_another_studys_frontier(tmp_path: Path
     missing = parse_study(study_dict(tmp_path, artifacts, study={"name": "v3", "warm_start_from": ["nope"]}))
     with pytest.raises(ConfigError, match="warm_start_from names study 'nope'"):
         run_study(missing, locations=locations)
+
+
+def test_successive_halving_promotes_only_the_screens_best_to_full_fidelity(tmp_path: Path, artifacts: Path) -> None:
+    from lepton_search.search._driver import pareto_ranks
+
+    space = {
+        "quantization": {"precision": ["fp32"]},
+        "pruning": {"method": ["none", "channel"], "ratio": [0.25, 0.75], "ratio_step": 0.25},
+        "distillation": {"method": ["hard"], "epochs": [2, 3]},
+    }
+    spec, locations = _spec_and_locations(
+        tmp_path,
+        artifacts,
+        space=space,
+        budget={"n_trials": 2},
+        fidelity={"screen_trials": 4, "promote_fraction": 0.5, "screen_epochs": 1, "screen_sessions": 2},
+    )
+    summary = run_study(spec, locations=locations)
+    assert summary.screened >= 4 and summary.completed == 2
+
+    main = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    screen = optuna.load_study(study_name="test-study:screen", storage=locations.storage_url)
+    screened = screen.get_trials(states=(TrialState.COMPLETE,))
+    assert all(t.user_attrs["fidelity"] == "screen" for t in screened)
+    assert all(t.user_attrs["latency"]["sessions"] == 2 for t in screened)
+
+    # Promoted = the top half of each screening round by Pareto rank; nothing else reaches the study.
+    first_round = [t for t in screened if t.number < 4]
+    ranks = pareto_ranks([list(t.values) for t in first_round], spec.directions)
+    best_first = sorted(range(len(first_round)), key=lambda i: (ranks[i], first_round[i].number))[:2]
+    allowed = {first_round[i].user_attrs["config_hash"] for i in best_first}
+    allowed |= {t.user_attrs["config_hash"] for t in screened if t.number >= 4}  # later rounds, if any
+    for trial in main.trials:
+        assert trial.user_attrs["fidelity"] == "full"
+        assert trial.user_attrs["promoted_from"].startswith("screen#")
+        assert trial.user_attrs["config_hash"] in allowed
+    assert {e["number"] for e in frontier(main)["trials"]} <= {t.number for t in main.trials}
+
+
+def test_pareto_ranks_peel_fronts() -> None:
+    from lepton_search.search._driver import pareto_ranks
+
+    values = [[0.9, 1.0], [0.95, 2.0], [0.8, 3.0], [0.9, 1.0], [0.7, 0.5]]
+    assert pareto_ranks(values, ["maximize", "minimize"]) == [0, 0, 1, 0, 0]
