@@ -281,3 +281,25 @@ def test_pareto_ranks_peel_fronts() -> None:
 
     values = [[0.9, 1.0], [0.95, 2.0], [0.8, 3.0], [0.9, 1.0], [0.7, 0.5]]
     assert pareto_ranks(values, ["maximize", "minimize"]) == [0, 0, 1, 0, 0]
+
+
+def test_a_resumed_study_does_not_replay_its_first_proposals(tmp_path: Path, artifacts: Path) -> None:
+    # A continuous space: a duplicate configuration can only come from a replayed random stream.
+    space = {
+        "quantization": {"precision": ["fp32"]},
+        "pruning": {"method": ["none"]},
+        "distillation": {"method": ["soft"], "epochs": [1, 1], "temperature": [1.0, 20.0], "alpha": [0.0, 1.0]},
+    }
+    spec, locations = _spec_and_locations(
+        tmp_path,
+        artifacts,
+        space=space,
+        sampler={"name": "random"},
+        budget={"n_trials": 3},
+        measurement={"remeasure_sessions": 0},
+    )
+    run_study(spec, locations=locations)
+    run_study(spec, locations=locations, n_trials=6)  # same study file, same [study].seed
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    hashes = [t.user_attrs["config_hash"] for t in study.trials]
+    assert len(hashes) == 6 and len(set(hashes)) == 6
