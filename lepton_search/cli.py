@@ -253,6 +253,94 @@ def nightly(
     ctx.exit(code)
 
 
+def _noise_band(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        band = float(value)
+    except ValueError:
+        band = -1.0
+    if not 0.0 <= band < 1.0:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number in [0, 1) such as 0.05.")
+    return band
+
+
+def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, int]:
+    from lepton_search.objectives._bench import parse_dims
+
+    try:
+        return parse_dims(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@cli.command()
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.option(
+    "--baseline", type=click.Path(dir_okay=False), default=None, help="Model to compare with, interleaved A/B."
+)
+@click.option("--backend", default=None, help="Latency backend; default onnxruntime-cpu for .onnx, torch-cpu for .pt2.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads.")
+@click.option("--sessions", type=click.IntRange(min=2), default=5, show_default=True, help="Fresh sessions per model.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Size of a dynamic first dimension."
+)
+@click.option(
+    "--dim",
+    "dims",
+    multiple=True,
+    metavar="NAME=SIZE",
+    callback=_dims,
+    help="Size of a dynamic dimension, by its ONNX name or as INPUT:AXIS (repeatable).",
+)
+@click.option(
+    "--noise-band",
+    default=None,
+    metavar="X|auto",
+    callback=_noise_band,
+    help="Noise band of the verdict, or 'auto' to calibrate it with A/A runs of the baseline. [default: 0.05]",
+)
+@click.option(
+    "--aa-runs", type=click.IntRange(min=2), default=5, show_default=True, help="A/A runs of --noise-band auto."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench(
+    candidate: str,
+    baseline: str | None,
+    backend: str | None,
+    threads: int,
+    sessions: int,
+    batch_size: int,
+    dims: dict[str, int],
+    noise_band: float | str | None,
+    aa_runs: int,
+    as_json: bool,
+) -> None:
+    """Measure CANDIDATE's latency (against --baseline) with the study's protocol."""
+    from rich.console import Console
+
+    from lepton_search.objectives import MeasurementSettings
+    from lepton_search.objectives._bench import bench as run_bench
+    from lepton_search.objectives._bench import bench_table
+
+    settings = MeasurementSettings(threads=threads, sessions=sessions, batch_size=batch_size)
+    result = run_bench(
+        Path(candidate),
+        Path(baseline) if baseline else None,
+        settings=settings,
+        backend=backend,
+        dims=dims,
+        noise_band=noise_band,  # type: ignore[arg-type]
+        aa_runs=aa_runs,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    console = Console()
+    for renderable in bench_table(result):
+        console.print(renderable)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lepton-search`` console script."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

@@ -4,6 +4,7 @@ This package knows nothing of Optuna or Ray: :func:`evaluate` turns one
 :class:`~lepton_search.spaces.CompressionConfig` into scores and measurements.
 """
 
+from lepton_search.objectives._bench import BenchResult, InputSpec, bench, read_input_specs, synthesize_inputs
 from lepton_search.objectives._compress import CompressedModel, compress
 from lepton_search.objectives._cost import CostModel
 from lepton_search.objectives._evaluate import (
@@ -15,36 +16,61 @@ from lepton_search.objectives._evaluate import (
     prepare,
 )
 from lepton_search.objectives._latency import (
+    Availability,
     LatencyBackend,
     LatencyStats,
     MeasurementSettings,
+    MemoryProbe,
+    NoiseBand,
     PairMeasurement,
+    Runner,
+    available_backends,
+    calibrate_noise_band,
     get_backend,
     known_backends,
+    measure_model,
     measure_pair,
     measure_sessions,
+    noise_band_from_ratios,
+    ratio_interval,
+    register_backend,
     summarize,
     verdict_of,
 )
 
 __all__ = [
+    "Availability",
+    "BenchResult",
     "CompressedModel",
     "CostModel",
     "DeviceGate",
+    "InputSpec",
     "LatencyBackend",
     "LatencyStats",
     "MeasurementSettings",
+    "MemoryProbe",
     "NoGate",
+    "NoiseBand",
     "PairMeasurement",
+    "Runner",
     "TrialRequest",
     "TrialResult",
+    "available_backends",
+    "bench",
+    "calibrate_noise_band",
     "compress",
     "evaluate",
     "get_backend",
     "known_backends",
+    "measure_model",
     "measure_pair",
     "measure_sessions",
+    "noise_band_from_ratios",
     "prepare",
+    "ratio_interval",
+    "read_input_specs",
+    "register_backend",
     "summarize",
+    "synthesize_inputs",
     "verdict_of",
 ]

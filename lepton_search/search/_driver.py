@@ -212,7 +212,7 @@ def constraint_values(spec: StudySpec, result: TrialResult, baseline_accuracy: f
 
 def result_key(request: TrialRequest, task_fingerprint: str, config: CompressionConfig) -> str:
     """The result-cache key of ``config``: task, config and the whole measurement setup."""
-    manifest = get_backend(request.settings.backend).manifest(request.settings.threads)
+    manifest = get_backend(request.settings.backend, require_usable=False).manifest(request.settings.threads)
     settings = dataclasses.asdict(request.settings)
     settings.pop("seed")
     return cache_key(

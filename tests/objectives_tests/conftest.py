@@ -103,3 +103,15 @@ def helper_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
     yield write
     for name in names:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _skip_gpu_tests_without_cuda(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``gpu`` skip, with the reason, where torch sees no CUDA device."""
+    if request.node.get_closest_marker("gpu") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        pytest.skip(f"needs an NVIDIA GPU: torch {torch.__version__} ({build}) sees none")

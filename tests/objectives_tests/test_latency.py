@@ -1,5 +1,6 @@
-"""Latency statistics on synthetic samples with known properties, and the interleaved measurement
-protocol on real ONNX Runtime sessions of the digits teacher and its channel-pruned copy."""
+"""Latency statistics on synthetic samples with known properties, the noise band from A/A runs,
+backends and their availability, and the interleaved measurement protocol on real ONNX Runtime
+sessions of the digits teacher and its channel-pruned copy."""
 
 from __future__ import annotations
 
@@ -17,14 +18,28 @@ from lepton_search.errors import MeasurementError, UnknownNameError
 from lepton_search.objectives import (
     LatencyBackend,
     MeasurementSettings,
+    NoiseBand,
+    available_backends,
+    calibrate_noise_band,
     get_backend,
     known_backends,
+    measure_model,
     measure_pair,
     measure_sessions,
+    noise_band_from_ratios,
     summarize,
     verdict_of,
 )
-from lepton_search.objectives._latency import Runner, ratio_interval, time_session
+from lepton_search.objectives._devices import gpu_manifest, nvidia_smi, parse_nvidia_smi_csv
+from lepton_search.objectives._latency import (
+    ResidentMemoryProbe,
+    Runner,
+    bootstrap_ratio_interval,
+    paired_t_ratio_interval,
+    ratio_interval,
+    time_interleaved,
+    time_session,
+)
 
 
 def make_sessions(
@@ -290,6 +305,8 @@ def test_measure_pair_records_the_device_manifest(teacher: Any, fast_settings: M
 
     pair = measure_pair(teacher.onnx_path, teacher.onnx_path, inputs, settings)
 
+    # With two threads the measuring thread's CPU time is not the model's: none is recorded.
+    assert pair.candidate.cpu_share is None and pair.candidate.cpu_median_ms is None
     device = pair.device
     assert device["backend"] == "onnxruntime-cpu"
     assert device["execution_provider"] == "CPUExecutionProvider"
@@ -301,3 +318,413 @@ def test_measure_pair_records_the_device_manifest(teacher: Any, fast_settings: M
     assert set(d) == {"candidate", "baseline", "ratio", "ratio_ci", "verdict", "noise_band", "device"}
     assert d["verdict"] in ("faster", "slower", "tie")
     assert len(d["ratio_ci"]) == 2 and d["ratio_ci"][0] <= d["ratio_ci"][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The ratio interval: why it is the union of a bootstrap and a t interval
+
+
+def aa_pairs(
+    seed: int, pairs: int, rounds: int, session_noise: float
+) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """A/A measurements: each session's median scatters independently by ``session_noise``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(pairs):
+        candidate = make_sessions(rng, list(10.0 * np.exp(session_noise * rng.standard_normal(rounds))), n=40)
+        baseline = make_sessions(rng, list(10.0 * np.exp(session_noise * rng.standard_normal(rounds))), n=40)
+        out.append((candidate, baseline))
+    return out
+
+
+def test_ratio_interval_covers_one_in_aa_pairs_where_the_bootstrap_alone_does_not() -> None:
+    # Three rounds, 5% session-to-session noise: the bootstrap interval is about [smallest,
+    # largest] round ratio and misses 1.0 whenever all three rounds land on one side.
+    pairs = aa_pairs(seed=11, pairs=150, rounds=3, session_noise=0.05)
+    boot = [bootstrap_ratio_interval(c, b, resamples=200, seed=i) for i, (c, b) in enumerate(pairs)]
+    union = [ratio_interval(c, b, resamples=200, seed=i) for i, (c, b) in enumerate(pairs)]
+
+    def coverage(intervals: list[tuple[float, float]]) -> float:
+        return float(np.mean([low <= 1.0 <= high for low, high in intervals]))
+
+    assert coverage(boot) < 0.85
+    assert coverage(union) >= 0.93
+    for (b_low, b_high), (u_low, u_high) in zip(boot, union):
+        assert u_low <= b_low and b_high <= u_high
+
+
+def test_paired_t_interval_matches_the_textbook_formula() -> None:
+    ratios = [0.50, 0.52, 0.49, 0.51]
+    baseline = [np.full(9, 10.0) for _ in ratios]
+    candidate = [np.full(9, 10.0 * r) for r in ratios]
+    d = np.log(ratios)
+    half = 3.182446305284263 * d.std(ddof=1) / 2.0  # t(0.975, 3 degrees of freedom)
+    low, high = paired_t_ratio_interval(candidate, baseline)
+    assert low == pytest.approx(np.exp(d.mean() - half))
+    assert high == pytest.approx(np.exp(d.mean() + half))
+
+
+def test_one_round_has_no_t_interval_and_falls_back_to_the_bootstrap() -> None:
+    candidate, baseline = drifting_pair(np.random.default_rng(12), [1.0], 0.8)
+    assert paired_t_ratio_interval(candidate, baseline) is None
+    assert ratio_interval(candidate, baseline, resamples=300, seed=3) == bootstrap_ratio_interval(
+        candidate, baseline, resamples=300, seed=3
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise band from A/A
+
+
+def test_noise_band_is_the_largest_aa_deviation_by_default() -> None:
+    assert noise_band_from_ratios([0.97, 1.01, 1.04, 0.99]) == pytest.approx(0.04)
+    assert noise_band_from_ratios([0.93, 1.01]) == pytest.approx(0.07)
+
+
+def test_noise_band_is_floored() -> None:
+    assert noise_band_from_ratios([1.001, 0.999]) == 0.02
+    assert noise_band_from_ratios([1.001, 0.999], floor=0.0) == pytest.approx(0.001)
+    assert noise_band_from_ratios([1.001], floor=0.1) == 0.1
+
+
+def test_noise_band_quantile_ignores_a_rare_outlier() -> None:
+    ratios = [1.0 + 0.01 * (i % 5 - 2) for i in range(99)] + [1.5]
+    assert noise_band_from_ratios(ratios) == pytest.approx(0.5)
+    assert noise_band_from_ratios(ratios, quantile=0.95) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "message"),
+    [([], "at least one A/A ratio"), ([1.0, float("nan")], "positive finite"), ([0.0, 1.0], "positive finite")],
+    ids=["empty", "nan", "zero"],
+)
+def test_noise_band_rejects_unusable_ratios(ratios: list[float], message: str) -> None:
+    with pytest.raises(MeasurementError, match=message):
+        noise_band_from_ratios(ratios)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"quantile": 0.0}, "quantile"), ({"floor": 1.0}, "floor")])
+def test_noise_band_rejects_bad_policy_arguments(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        noise_band_from_ratios([1.0], **kwargs)
+
+
+def test_with_the_calibrated_band_no_calibration_run_is_a_difference() -> None:
+    # The policy's promise for quantile 1: under δ = max |ratio - 1| every A/A run whose interval
+    # holds its own ratio is a tie.
+    rng = np.random.default_rng(13)
+    intervals = []
+    ratios = []
+    for candidate, baseline in aa_pairs(seed=14, pairs=20, rounds=3, session_noise=0.04):
+        ci = ratio_interval(candidate, baseline, resamples=200, seed=int(rng.integers(1000)))
+        ratios.append(float(np.median([np.median(s) for s in candidate]) / np.median([np.median(s) for s in baseline])))
+        intervals.append(ci)
+    band = NoiseBand(delta=noise_band_from_ratios(ratios), ratios=ratios, ratio_cis=intervals, quantile=1.0, floor=0.02)
+    assert band.runs == 20
+    assert band.ties == 20
+    assert band.cis_containing_one >= 19
+    d = band.to_dict()
+    assert d["delta"] == band.delta and d["ties"] == 20 and len(d["ratio_cis"]) == 20
+
+
+class SyntheticRunner(Runner):
+    """A session whose runs take no time but report latencies drawn around ``median_ms``."""
+
+    def __init__(self, median_ms: float, rng: np.random.Generator, log: list[str], label: str) -> None:
+        self.median_ms, self.rng, self.log, self.label = median_ms, rng, log, label
+
+    def run(self, inputs: Any) -> np.ndarray:
+        return np.zeros(1)
+
+    def timed_run(self, inputs: Any) -> float:
+        self.log.append(self.label)
+        return float(self.median_ms * np.exp(0.02 * self.rng.standard_normal()))
+
+
+class SyntheticBackend(LatencyBackend):
+    """Opens :class:`SyntheticRunner` sessions; a session's speed drifts by a few percent."""
+
+    name = "synthetic"
+
+    def __init__(self, medians: dict[str, float], seed: int = 0) -> None:
+        self.medians = medians
+        self.rng = np.random.default_rng(seed)
+        self.log: list[str] = []
+        self.opened: list[str] = []
+
+    def open(self, model_path: Path, threads: int) -> Runner:
+        self.opened.append(model_path.name)
+        drift = float(np.exp(0.03 * self.rng.standard_normal()))
+        return SyntheticRunner(self.medians[model_path.name] * drift, self.rng, self.log, model_path.name)
+
+    def manifest(self, threads: int) -> dict[str, Any]:
+        return {"backend": self.name, "threads": threads, "device_class": "cpu", "device": "synthetic"}
+
+
+SYNTHETIC = MeasurementSettings(
+    sessions=4, warmup_runs=2, warmup_s=0.0, min_iterations=20, min_session_s=0.0, bootstrap_resamples=200, block_s=0.0
+)
+
+
+def test_calibrate_noise_band_measures_the_model_against_itself(tmp_path: Path) -> None:
+    backend = SyntheticBackend({"a.onnx": 5.0}, seed=1)
+    band = calibrate_noise_band(tmp_path / "a.onnx", np.zeros(1), SYNTHETIC, runs=6, backend=backend)
+
+    assert band.runs == 6 and len(band.ratio_cis) == 6
+    assert backend.opened == ["a.onnx"] * (6 * 2 * SYNTHETIC.sessions)
+    assert band.delta == pytest.approx(max(0.02, max(abs(r - 1.0) for r in band.ratios)))
+    # Session drift of 3% gives A/A ratios within a few percent, and every run is a tie.
+    assert band.delta < 0.1
+    assert band.ties == 6
+
+
+def test_calibrate_noise_band_needs_a_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 1 run"):
+        calibrate_noise_band(tmp_path / "a.onnx", np.zeros(1), SYNTHETIC, runs=0, backend=SyntheticBackend({}))
+
+
+def test_measure_pair_uses_an_explicit_noise_band(tmp_path: Path) -> None:
+    backend = SyntheticBackend({"a.onnx": 5.0, "b.onnx": 5.5}, seed=2)
+    pair = measure_pair(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros(1), SYNTHETIC, backend, noise_band=0.3)
+    assert pair.noise_band == 0.3
+    assert pair.verdict == "tie"
+
+
+# ---------------------------------------------------------------------------------------------
+# Interleaving in blocks
+
+
+def test_blocks_of_zero_seconds_alternate_every_run(tmp_path: Path) -> None:
+    backend = SyntheticBackend({"a.onnx": 1.0, "b.onnx": 1.0})
+    settings = dataclasses.replace(SYNTHETIC, sessions=1, min_iterations=5, block_s=1e-9)
+    runners = [backend.open(tmp_path / "a.onnx", 1), backend.open(tmp_path / "b.onnx", 1)]
+    samples = time_interleaved(runners, np.zeros(1), settings)
+    assert [len(s) for s in samples] == [5, 5]
+    assert backend.log == ["a.onnx", "b.onnx"] * 5
+
+
+class FakeClock:
+    """Stands in for the ``time`` module of ``_latency``: time moves only when a run takes it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def perf_counter_ns(self) -> int:
+        return int(self.now * 1e9)
+
+
+def test_blocks_hold_several_runs_of_one_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lepton_search.objectives._latency as latency
+
+    clock = FakeClock()
+    monkeypatch.setattr(latency, "time", clock)
+
+    class TwoMillisecondRunner(SyntheticRunner):
+        def timed_run(self, inputs: Any) -> float:
+            clock.now += 0.002
+            return super().timed_run(inputs)
+
+    log: list[str] = []
+    rng = np.random.default_rng(0)
+    runners: list[Runner] = [TwoMillisecondRunner(1.0, rng, log, "a"), TwoMillisecondRunner(1.0, rng, log, "b")]
+    settings = dataclasses.replace(SYNTHETIC, min_iterations=3, min_session_s=0.05, block_s=0.0199)
+    samples = time_interleaved(runners, np.zeros(1), settings)
+
+    # Blocks of 10 runs (20 ms), alternating, until each model ran its 50 ms.
+    assert log == (["a"] * 10 + ["b"] * 10) * 2 + ["a"] * 10
+    assert [len(s) for s in samples] == [30, 20]
+
+
+def test_interleaved_rounds_open_both_models_in_alternating_order(tmp_path: Path) -> None:
+    backend = SyntheticBackend({"a.onnx": 2.0, "b.onnx": 8.0})
+    settings = dataclasses.replace(SYNTHETIC, sessions=3, block_s=1e-9)
+    pair = measure_pair(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros(1), settings, backend)
+    assert backend.opened == ["a.onnx", "b.onnx", "b.onnx", "a.onnx", "a.onnx", "b.onnx"]
+    assert pair.verdict == "faster"
+    assert pair.ratio == pytest.approx(0.25, rel=0.1)
+    assert pair.ratio_ci[0] <= pair.ratio <= pair.ratio_ci[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory
+
+
+def test_resident_memory_probe_sees_an_allocation() -> None:
+    probe = ResidentMemoryProbe()
+    probe.start()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, every page touched
+    peak = probe.peak_mb()
+    del block
+    assert peak is not None
+    assert peak >= 48
+
+
+def test_peak_memory_flows_into_the_statistics(teacher: Any, fast_settings: MeasurementSettings) -> None:
+    inputs = teacher.task.example_inputs(fast_settings.batch_size)
+    pair = measure_pair(teacher.onnx_path, teacher.onnx_path, inputs, fast_settings)
+    for stats in (pair.candidate, pair.baseline):
+        assert stats.peak_memory_mb is not None and stats.peak_memory_mb >= 0
+        assert stats.open_ms is not None and stats.open_ms > 0
+    d = pair.to_dict()["candidate"]
+    assert d["peak_memory_mb"] == pair.candidate.peak_memory_mb
+    # One thread on the CPU: the model ran on the measuring thread, whose CPU time is recorded.
+    for stats in (pair.candidate, pair.baseline):
+        assert stats.cpu_share is not None and 0 < stats.cpu_share <= 1
+        assert stats.cpu_median_ms is not None and 0 < stats.cpu_median_ms <= max(stats.session_medians_ms) * 1.05
+    alone = measure_model(teacher.onnx_path, inputs, fast_settings)
+    assert alone.sessions == fast_settings.sessions and alone.peak_memory_mb is not None
+
+
+def test_sequential_sessions_are_still_available(teacher: Any, fast_settings: MeasurementSettings) -> None:
+    settings = dataclasses.replace(fast_settings, block_s=0.0)
+    backend = RecordingBackend()
+    pair = measure_pair(teacher.onnx_path, teacher.onnx_path, teacher.task.example_inputs(64), settings, backend)
+    assert len(backend.opened) == 2 * settings.sessions
+    assert pair.verdict in ("faster", "slower", "tie")
+    assert pair.candidate.peak_memory_mb is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs by name, backends and their availability
+
+
+def test_onnx_runner_takes_one_array_or_inputs_by_name(teacher: Any) -> None:
+    runner = get_backend("onnxruntime-cpu").open(teacher.onnx_path, threads=1)
+    x = teacher.task.example_inputs(4)
+    np.testing.assert_array_equal(runner.run(x), runner.run({"input": x}))
+    assert runner.timed_run({"input": x}) > 0
+    runner.close()
+
+
+def test_every_known_backend_reports_its_availability() -> None:
+    status = available_backends()
+    assert list(status) == known_backends()
+    assert {
+        "onnxruntime-cpu",
+        "onnxruntime-cuda",
+        "onnxruntime-tensorrt",
+        "torch-cpu",
+        "torch-cuda",
+        "torch-cuda-compile",
+        "torch-cuda-graphs",
+    } <= set(status)
+    assert status["onnxruntime-cpu"].usable and status["torch-cpu"].usable
+    for name, s in status.items():
+        assert s.usable or (s.reason and s.hint), name
+
+
+@pytest.mark.parametrize(("backend", "provider"), [("onnxruntime-cuda", "CUDA"), ("onnxruntime-tensorrt", "Tensorrt")])
+def test_ort_gpu_backends_follow_the_providers_onnxruntime_offers(
+    monkeypatch: pytest.MonkeyPatch, backend: str, provider: str
+) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert not available_backends()[backend].usable
+    with pytest.raises(
+        MeasurementError, match=r"not usable on this machine.*Usable here: onnxruntime-cpu.*onnxruntime-gpu"
+    ):
+        get_backend(backend)
+    assert get_backend(backend, require_usable=False).name == backend
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: [f"{provider}ExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert available_backends()[backend].usable
+    assert get_backend(backend).device_class == "gpu"
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
+def test_an_ort_gpu_session_that_falls_back_to_the_cpu_is_refused(
+    monkeypatch: pytest.MonkeyPatch, teacher: Any
+) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA provider: the fallback cannot be provoked")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(MeasurementError, match="not CUDAExecutionProvider"):
+        get_backend("onnxruntime-cuda").open(teacher.onnx_path, threads=1)
+
+
+def test_torch_cuda_backends_follow_torch_cuda_availability(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status = available_backends()
+    for name in ("torch-cuda", "torch-cuda-compile", "torch-cuda-graphs"):
+        assert not status[name].usable
+        assert "torch" in status[name].reason and "CUDA build of torch" in status[name].hint
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert available_backends()["torch-cuda"].usable
+    assert available_backends()["torch-cuda-graphs"].usable
+
+
+def test_cpu_manifest_records_library_threads_and_device() -> None:
+    import torch
+
+    ort_manifest = get_backend("onnxruntime-cpu").manifest(3)
+    torch_manifest = get_backend("torch-cpu").manifest(2)
+    assert ort_manifest["onnxruntime"] == ort.__version__ and ort_manifest["threads"] == 3
+    assert torch_manifest["torch"] == torch.__version__ and torch_manifest["threads"] == 2
+    for manifest in (ort_manifest, torch_manifest):
+        assert manifest["device_class"] == "cpu" and manifest["device"] and manifest["execution_provider"]
+
+
+NVIDIA_SMI_CSV = "NVIDIA H100 80GB HBM3, 550.54.15, 1980, 2619, 1980, 2619, 34, 71.52, P0, 81559\n"
+
+
+def test_nvidia_smi_output_is_parsed_into_clocks() -> None:
+    (row,) = parse_nvidia_smi_csv(NVIDIA_SMI_CSV)
+    assert row["name"] == "NVIDIA H100 80GB HBM3"
+    assert row["driver_version"] == "550.54.15"
+    assert row["clocks.sm"] == 1980.0 and row["clocks.mem"] == 2619.0
+    assert row["pstate"] == "P0"
+    (row,) = parse_nvidia_smi_csv("Tesla T4, 535.1, [N/A], [N/A], 1590, 5001, 40, [N/A], P8, 15360\n")
+    assert row["clocks.sm"] is None and row["power.draw"] is None and row["clocks.max.sm"] == 1590.0
+
+
+def test_gpu_manifest_tolerates_a_machine_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert nvidia_smi() == {}
+    manifest = gpu_manifest()
+    assert manifest["device_class"] == "gpu"
+    assert manifest["clocks_mhz"] is None
+    assert manifest["device"] == "unknown GPU"
+
+
+def test_gpu_manifest_reads_clocks_from_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import subprocess
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(
+        subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=NVIDIA_SMI_CSV, stderr="")
+    )
+    manifest = gpu_manifest()
+    assert manifest["device"] == "NVIDIA H100 80GB HBM3"
+    assert manifest["clocks_mhz"] == {"sm": 1980.0, "mem": 2619.0, "max_sm": 1980.0, "max_mem": 2619.0}
+    assert manifest["driver"] == "550.54.15"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["onnxruntime-cuda", "onnxruntime-tensorrt"])
+def test_ort_gpu_backend_measures_on_the_gpu(teacher: Any, fast_settings: MeasurementSettings, backend: str) -> None:
+    if not available_backends()[backend].usable:
+        pytest.skip(available_backends()[backend].reason)
+    settings = dataclasses.replace(fast_settings, backend=backend)
+    inputs = teacher.task.example_inputs(64)
+    runner = get_backend(backend).open(teacher.onnx_path, threads=1)
+    reference = get_backend("onnxruntime-cpu").open(teacher.onnx_path, threads=1).run(inputs)
+    np.testing.assert_allclose(runner.run(inputs), reference, rtol=1e-2, atol=1e-2)
+    pair = measure_pair(teacher.onnx_path, teacher.onnx_path, inputs, settings)
+    assert pair.device["device_class"] == "gpu" and pair.device["execution_provider"] == get_backend(backend).provider
+    assert "clocks_mhz" in pair.device
+    assert pair.candidate.peak_memory_mb is not None
