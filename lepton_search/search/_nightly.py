@@ -61,13 +61,13 @@ def _gpu_driver() -> str | None:
 
 def run_manifest(study_file: Path) -> dict[str, Any]:
     """What tonight's numbers were measured with: library versions, machine, study file hash."""
-    from lepton_search.objectives._latency import _cpu_model
+    from lepton_search.objectives._devices import cpu_model
 
     return {
         "versions": {p: _version(p) for p in ("lepton-search", "torch", "onnxruntime", "optuna", "ray")},
         "python": platform.python_version(),
         "host": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "gpu_driver": _gpu_driver(),
         "study_file_sha256": hashlib.sha256(study_file.read_bytes()).hexdigest(),
     }
