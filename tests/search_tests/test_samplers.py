@@ -164,3 +164,15 @@ def test_run_seed_is_accepted_by_every_sampler() -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for name in known_samplers():
             assert len(_run(create_sampler(name, {}, seed=seed), n=2)) == 2
+
+
+def test_tpe_defaults_are_the_benchmarked_ones() -> None:
+    """benchmarks/README.md measured these defaults on the digits grid; change them only with new evidence
+    (rerun benchmarks/search_efficiency.py and update the README's figures)."""
+    sampler = create_sampler("tpe", {}, seed=0)
+    # Optuna keeps these as private attributes; reading them is the only way to see what it got.
+    assert sampler._n_startup_trials == 10
+    assert sampler._n_ei_candidates == 24
+    assert sampler._multivariate is True
+    assert sampler._group is True
+    assert sampler._constant_liar is True
