@@ -39,7 +39,7 @@ def study_dict(tmp_path: Path, artifacts: Path, **sections: Any) -> dict[str, An
             "artifacts": str(artifacts),
         },
         "sampler": {"name": "random"},
-        "budget": {"n_trials": 4, "workers": 2, "trial_timeout_s": 120},
+        "budget": {"n_trials": 4, "workers": 2, "trial_timeout_s": 600},
         "space": FAST_SPACE,
         "measurement": FAST_MEASUREMENT,
     }

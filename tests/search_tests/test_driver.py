@@ -125,7 +125,8 @@ def test_orphaned_running_trials_are_failed_and_requeued(tmp_path: Path, artifac
     assert first.state == TrialState.FAIL
     assert first.user_attrs["fail_reason"].startswith("orphaned")
     retried = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
-    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert len(retried) == 1
+    assert retried[0].state == TrialState.COMPLETE, retried[0].user_attrs.get("fail_reason")
     assert CompressionConfig.from_dict(retried[0].user_attrs["config"]) == config
     counted = [t for t in study.trials if not t.user_attrs.get("requeued")]
     assert len(counted) == 2
