@@ -42,6 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from lepton_search.objectives._devices import cpu_model
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
 
 TASK = "digits-cnn"
@@ -129,16 +130,6 @@ def config_of(params: dict[str, Any]) -> CompressionConfig:
     else:
         distill = DistillConfig()
     return CompressionConfig(quantization=quantize, pruning=prune, distillation=distill)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _loadavg() -> float | None:
@@ -259,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     machine = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "execution_provider": manifest["execution_provider"],
     }
