@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from lepton_search.errors import TrialFailed
-from lepton_search.objectives._compress import compress, export_onnx
+from lepton_search.objectives._compress import compress
 from lepton_search.objectives._cost import CostModel
+from lepton_search.objectives._export import export_onnx
 from lepton_search.objectives._latency import MeasurementSettings, get_backend, measure_pair
 from lepton_search.objectives.tasks import Task, resolve_task
 from lepton_search.objectives.tasks._base import contiguous_inputs

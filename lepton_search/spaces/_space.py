@@ -79,6 +79,41 @@ class QuantizationSpace(_Section):
             raise ValueError(f"must be [low, high] with 1 <= low <= high, got {list(v)}")
         return v
 
+    def suggest(self, trial: TrialLike) -> QuantizeConfig:
+        precision = trial.suggest_categorical("precision", self.precision)
+        if precision != "int8":
+            return QuantizeConfig(precision=precision)
+        mode = trial.suggest_categorical("int8_mode", self.int8_mode)
+        if mode != "static":
+            return QuantizeConfig(precision="int8", int8_mode=mode)
+        return QuantizeConfig(
+            precision="int8",
+            int8_mode="static",
+            calibration_method=trial.suggest_categorical("calibration_method", self.calibration_method),
+            calibration_batches=trial.suggest_int("calibration_batches", *self.calibration_batches),
+        )
+
+    def contains(self, config: QuantizeConfig) -> bool:
+        checks = [config.precision in self.precision]
+        if config.precision == "int8":
+            checks.append(config.int8_mode in self.int8_mode)
+            if config.int8_mode == "static":
+                checks += [
+                    config.calibration_method in self.calibration_method,
+                    self.calibration_batches[0] <= (config.calibration_batches or 0) <= self.calibration_batches[1],
+                ]
+        return all(checks)
+
+    @staticmethod
+    def params_of(config: QuantizeConfig) -> dict[str, Any]:
+        params: dict[str, Any] = {"precision": config.precision}
+        if config.precision == "int8":
+            params["int8_mode"] = config.int8_mode
+            if config.int8_mode == "static":
+                params["calibration_method"] = config.calibration_method
+                params["calibration_batches"] = config.calibration_batches
+        return params
+
 
 class PruningSpace(_Section):
     """Pruning methods and the ratio range (at most 0.9)."""
@@ -101,6 +136,25 @@ class PruningSpace(_Section):
                 f"pruning ratio must be [low, high] with 0 < low <= high <= {MAX_PRUNE_RATIO}, got {list(v)}"
             )
         return v
+
+    def suggest(self, trial: TrialLike) -> PruneConfig:
+        method = trial.suggest_categorical("prune_method", self.method)
+        if method == "none":
+            return PruneConfig()
+        ratio = trial.suggest_float("prune_ratio", self.ratio[0], self.ratio[1], step=self.ratio_step)
+        return PruneConfig(method=method, ratio=round(ratio, 6))
+
+    def contains(self, config: PruneConfig) -> bool:
+        if config.method not in self.method:
+            return False
+        return config.method == "none" or self.ratio[0] - 1e-9 <= config.ratio <= self.ratio[1] + 1e-9
+
+    @staticmethod
+    def params_of(config: PruneConfig) -> dict[str, Any]:
+        params: dict[str, Any] = {"prune_method": config.method}
+        if config.method != "none":
+            params["prune_ratio"] = config.ratio
+        return params
 
 
 class DistillationSpace(_Section):
@@ -138,6 +192,44 @@ class DistillationSpace(_Section):
             raise ValueError(f"epochs must be [low, high] within [1, 100], got {list(v)}")
         return v
 
+    def suggest(self, trial: TrialLike) -> DistillConfig:
+        kd = trial.suggest_categorical("distill_method", self.method)
+        if kd == "none":
+            return DistillConfig()
+        epochs = trial.suggest_int("distill_epochs", *self.epochs)
+        if kd == "hard":
+            return DistillConfig(method="hard", epochs=epochs, learning_rate=self.learning_rate)
+        return DistillConfig(
+            method="soft",
+            temperature=trial.suggest_float("distill_temperature", *self.temperature, log=True),
+            alpha=trial.suggest_float("distill_alpha", *self.alpha),
+            epochs=epochs,
+            learning_rate=self.learning_rate,
+        )
+
+    def contains(self, config: DistillConfig) -> bool:
+        if config.method not in self.method:
+            return False
+        if config.method == "none":
+            return True
+        checks = [self.epochs[0] <= config.epochs <= self.epochs[1], config.learning_rate == self.learning_rate]
+        if config.method == "soft":
+            checks += [
+                self.temperature[0] <= (config.temperature or 0) <= self.temperature[1],
+                self.alpha[0] <= (config.alpha if config.alpha is not None else -1) <= self.alpha[1],
+            ]
+        return all(checks)
+
+    @staticmethod
+    def params_of(config: DistillConfig) -> dict[str, Any]:
+        params: dict[str, Any] = {"distill_method": config.method}
+        if config.method != "none":
+            params["distill_epochs"] = config.epochs
+            if config.method == "soft":
+                params["distill_temperature"] = config.temperature
+                params["distill_alpha"] = config.alpha
+        return params
+
 
 class SearchSpace(_Section):
     """The whole space of one study, as written under ``[space]`` in a study file.
@@ -155,66 +247,19 @@ class SearchSpace(_Section):
 
     def suggest(self, trial: TrialLike) -> CompressionConfig:
         """Asks the trial for each applicable parameter and returns the resulting config."""
-        q, p, d = self.quantization, self.pruning, self.distillation
-        precision = trial.suggest_categorical("precision", q.precision)
-        if precision != "int8":
-            quantize = QuantizeConfig(precision=precision)
-        else:
-            mode = trial.suggest_categorical("int8_mode", q.int8_mode)
-            if mode == "static":
-                quantize = QuantizeConfig(
-                    precision="int8",
-                    int8_mode="static",
-                    calibration_method=trial.suggest_categorical("calibration_method", q.calibration_method),
-                    calibration_batches=trial.suggest_int("calibration_batches", *q.calibration_batches),
-                )
-            else:
-                quantize = QuantizeConfig(precision="int8", int8_mode="dynamic")
-
-        prune = PruneConfig()
-        method = trial.suggest_categorical("prune_method", p.method)
-        if method != "none":
-            ratio = trial.suggest_float("prune_ratio", p.ratio[0], p.ratio[1], step=p.ratio_step)
-            prune = PruneConfig(method=method, ratio=round(ratio, 6))
-
-        distill = DistillConfig()
-        kd = trial.suggest_categorical("distill_method", d.method)
-        if kd != "none":
-            epochs = trial.suggest_int("distill_epochs", *d.epochs)
-            if kd == "soft":
-                distill = DistillConfig(
-                    method="soft",
-                    temperature=trial.suggest_float("distill_temperature", *d.temperature, log=True),
-                    alpha=trial.suggest_float("distill_alpha", *d.alpha),
-                    epochs=epochs,
-                    learning_rate=d.learning_rate,
-                )
-            else:
-                distill = DistillConfig(method="hard", epochs=epochs, learning_rate=d.learning_rate)
-        return CompressionConfig(quantization=quantize, pruning=prune, distillation=distill)
+        return CompressionConfig(
+            quantization=self.quantization.suggest(trial),
+            pruning=self.pruning.suggest(trial),
+            distillation=self.distillation.suggest(trial),
+        )
 
     def contains(self, config: CompressionConfig) -> bool:
         """Whether :meth:`suggest` could produce ``config`` (every value within this space)."""
-        q, p, d = self.quantization, self.pruning, self.distillation
-        cq, cp, cd = config.quantization, config.pruning, config.distillation
-        checks = [cq.precision in q.precision, cp.method in p.method, cd.method in d.method]
-        if cq.precision == "int8":
-            checks.append(cq.int8_mode in q.int8_mode)
-            if cq.int8_mode == "static":
-                checks += [
-                    cq.calibration_method in q.calibration_method,
-                    q.calibration_batches[0] <= (cq.calibration_batches or 0) <= q.calibration_batches[1],
-                ]
-        if cp.method != "none":
-            checks.append(p.ratio[0] - 1e-9 <= cp.ratio <= p.ratio[1] + 1e-9)
-        if cd.method != "none":
-            checks += [d.epochs[0] <= cd.epochs <= d.epochs[1], cd.learning_rate == d.learning_rate]
-            if cd.method == "soft":
-                checks += [
-                    d.temperature[0] <= (cd.temperature or 0) <= d.temperature[1],
-                    d.alpha[0] <= (cd.alpha if cd.alpha is not None else -1) <= d.alpha[1],
-                ]
-        return all(checks)
+        return (
+            self.quantization.contains(config.quantization)
+            and self.pruning.contains(config.pruning)
+            and self.distillation.contains(config.distillation)
+        )
 
     @staticmethod
     def params_of(config: CompressionConfig) -> dict[str, Any]:
@@ -222,18 +267,8 @@ class SearchSpace(_Section):
 
         Used to re-queue a trial (resume, warm start) with exactly the same configuration.
         """
-        q, p, d = config.quantization, config.pruning, config.distillation
-        params: dict[str, Any] = {"precision": q.precision, "prune_method": p.method, "distill_method": d.method}
-        if q.precision == "int8":
-            params["int8_mode"] = q.int8_mode
-            if q.int8_mode == "static":
-                params["calibration_method"] = q.calibration_method
-                params["calibration_batches"] = q.calibration_batches
-        if p.method != "none":
-            params["prune_ratio"] = p.ratio
-        if d.method != "none":
-            params["distill_epochs"] = d.epochs
-            if d.method == "soft":
-                params["distill_temperature"] = d.temperature
-                params["distill_alpha"] = d.alpha
-        return params
+        return {
+            **QuantizationSpace.params_of(config.quantization),
+            **PruningSpace.params_of(config.pruning),
+            **DistillationSpace.params_of(config.distillation),
+        }

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from lepton_search.objectives import CompressedModel, MeasurementSettings, compress
-from lepton_search.objectives._compress import export_onnx
 from lepton_search.objectives._evaluate import onnx_predictor
+from lepton_search.objectives._export import export_onnx
 from lepton_search.objectives.tasks.digits import DigitsCNNTask
 from lepton_search.spaces import CompressionConfig, PruneConfig
 

@@ -16,17 +16,12 @@ from torch import nn
 
 from lepton_search.errors import CompressionError
 from lepton_search.objectives import compress
-from lepton_search.objectives._compress import (
-    UNSTRUCTURED_NOTE,
-    count_parameters,
-    distill,
-    export_onnx,
-    finalize_pruning,
-    prune,
-    quantize,
-    sparsity,
-)
+from lepton_search.objectives._compress import UNSTRUCTURED_NOTE, count_parameters
+from lepton_search.objectives._distill import distill
 from lepton_search.objectives._evaluate import onnx_predictor
+from lepton_search.objectives._export import export_onnx
+from lepton_search.objectives._prune import finalize_pruning, prune, sparsity
+from lepton_search.objectives._quantize import quantize
 from lepton_search.objectives.tasks.digits import build_digits_cnn
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
 from lepton_search.testing.tasks import untraceable

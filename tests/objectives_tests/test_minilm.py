@@ -17,14 +17,10 @@ import numpy as np
 import pytest
 
 from lepton_search.errors import ConfigError, TaskError
-from lepton_search.objectives._compress import (
-    SIMILARITY_SCALE,
-    compress,
-    distill,
-    embedding_distillation_loss,
-    export_onnx,
-    prune,
-)
+from lepton_search.objectives._compress import compress
+from lepton_search.objectives._distill import SIMILARITY_SCALE, distill, embedding_distillation_loss
+from lepton_search.objectives._export import export_onnx
+from lepton_search.objectives._prune import prune
 from lepton_search.objectives.tasks import check_task_reference, known_task_names, resolve_task
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
 

@@ -16,7 +16,7 @@ import torch
 
 from lepton_search.errors import ConfigError
 from lepton_search.objectives import MeasurementSettings, NoGate, TrialRequest, evaluate
-from lepton_search.objectives._compress import prune
+from lepton_search.objectives._prune import prune
 from lepton_search.objectives.tasks import resolve_task
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig
 

@@ -39,7 +39,7 @@ is the cost of that many full-length requests.
 Compression. ``channel`` pruning removes whole attention heads (query, key and value projections
 together) and feed-forward neurons; the layers that write the residual stream (each layer's
 attention output and feed-forward output projections, and the embeddings) are kept whole, so the
-hidden size stays 384. Distillation uses the embedding loss of ``objectives/_compress.py``.
+hidden size stays 384. Distillation uses the embedding loss of ``objectives/_distill.py``.
 """
 
 from __future__ import annotations
