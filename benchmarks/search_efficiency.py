@@ -1,18 +1,23 @@
 """How fast do samplers find the measured grid's frontier? Replays samplers on the grid table.
 
-    python benchmarks/search_efficiency.py [--json] [--seeds 10] [--budgets 0.05,0.1,0.2]
+    python benchmarks/search_efficiency.py [--json] [--seeds 10] [--first-seed 0] [--budgets 0.05,0.1,0.2]
         [--table benchmarks/data/digits_grid.json] [--tolerance 0.05] [--horizon 0.5]
         [--samplers tpe,random,nsga2,gp,qmc,bruteforce] [--default tpe] [--options NAME=JSON ...]
-        [--no-constraint]
+        [--count evaluations|trials] [--no-constraint]
 
 Nothing is re-measured. Each replay is an Optuna study over the grid's own parameters (names and
 distributions of ``measure_grid.suggest_grid``, a conditional categorical/discrete space) with the
 sampler built by the registry (``create_sampler``, default options unless ``--options``). Each
 proposal is looked up in the table and told to Optuna as (accuracy: maximize, latency_ms: minimize),
 with the ``accuracy_drop`` constraint the driver records for ``max_accuracy_drop = tolerance`` (as
-in ``studies/quickstart.toml``; ``--no-constraint`` leaves it out). A configuration proposed again
-is served from the table but still counts as a trial: results give both trials and unique
-evaluations.
+in ``studies/quickstart.toml``; ``--no-constraint`` leaves it out).
+
+The budget is counted as the driver counts ``[budget].n_trials`` (``--count evaluations``, the
+default): a proposal that repeats a configuration already evaluated is told its values at once but
+does not count, and a replay stops early, like the driver, after ``[budget].max_repeats`` repeats
+in a row or when the sampler has tried every configuration. ``--count trials`` counts every
+proposal instead (how the driver counted before), for comparison. Results give both the counted
+evaluations and the proposals (Optuna trials) they took.
 
 Metrics, per sampler, budget and seed:
 
@@ -24,10 +29,8 @@ Metrics, per sampler, budget and seed:
 - IGD+ (Ishibuchi et al.): mean distance from each point of the grid's frontier inside the
   reference box to the nearest tried point, counting only the amounts by which the tried point is
   worse. Objectives are normalised to the box: 0 = best value on the grid's frontier, 1 = reference.
-- Trials to 95%: the first trial at which the HV ratio reaches 0.95, within a horizon of
-  ``--horizon`` x grid size trials (``null``: not reached).
-- HV ratio at as many unique evaluations as the budget has trials: the driver serves a repeated
-  configuration from its result cache, so this is the budget counted in measurements.
+- Evaluations to 95%: the first counted evaluation at which the HV ratio reaches 0.95, within a
+  horizon of ``--horizon`` x grid size (``null``: not reached).
 - One-sided Mann-Whitney U of each sampler's HV ratios against random's at each budget (H1: the
   sampler's are larger), with the Vargha-Delaney A12 effect size.
 """
@@ -59,6 +62,7 @@ DEFAULT_SAMPLERS = ("tpe", "random", "nsga2", "gp", "qmc", "bruteforce")
 TARGET_HV_RATIO = 0.95
 TARGET_BUDGET = 0.2
 ALPHA = 0.05
+COUNTS = ("evaluations", "trials")
 DIRECTIONS = ("maximize", "minimize")  # accuracy, latency_ms
 SIGNS = np.array([-1.0, 1.0])  # to minimisation form
 
@@ -222,86 +226,106 @@ def igd_plus(points: Sequence[Sequence[float]], frontier: Frontier) -> float:
     return float(np.sqrt((worse**2).sum(axis=2)).min(axis=1).mean())
 
 
-def exhaustive_sampler(seed: int) -> Any:
-    """Optuna's ``BruteForceSampler`` (every configuration once, in a seeded random order), usable with
-    ask-and-tell: when the space is exhausted it calls ``study.stop()``, which outside
-    ``study.optimize`` raises RuntimeError from ``study.tell``. Here the replay just goes on (later
-    proposals repeat configurations). Not in the registry: see benchmarks/README.md."""
-    import optuna
-
-    class AskTellBruteForceSampler(optuna.samplers.BruteForceSampler):
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            try:
-                super().after_trial(study, trial, state, values)
-            except RuntimeError:
-                if getattr(getattr(study, "_thread_local", None), "in_optimize_loop", True):
-                    raise  # only the stop request outside an optimize loop is expected
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return AskTellBruteForceSampler(seed=seed)
-
-
 def make_sampler(name: str, options: dict[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
-    """A sampler from the registry (``create_sampler``), or ``bruteforce``; and its full options."""
+    """A sampler from the registry (``create_sampler``) and its full options."""
     from lepton_search.search._samplers import create_sampler, validate_sampler_options
 
-    if name == "bruteforce":
-        if options:
-            raise SystemExit(f"bruteforce takes no options, got {options}")
-        return exhaustive_sampler(seed), {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # QMCSampler and TPE's group are marked experimental
         return create_sampler(name, options, seed), validate_sampler_options(name, options).model_dump()
 
 
+def default_max_repeats() -> int:
+    """The driver's ``[budget].max_repeats`` default."""
+    from lepton_search.search._spec import BudgetSpec
+
+    return int(BudgetSpec.model_fields["max_repeats"].default)
+
+
 @dataclass
 class Run:
-    """One replayed study: the configuration key of each trial, in order."""
+    """One replayed study: the configuration key of each counted evaluation, in order, and the
+    number of proposals (Optuna trials) each had taken by then."""
 
     sampler: str
     seed: int
     keys: list[str]
     sampler_s: float
     study: Any = None
+    proposals: list[int] = field(default_factory=list)
+    stopped: str | None = None
 
 
 def replay(
     table: Table,
     sampler: Any,
-    n_trials: int,
+    n_evaluations: int,
     *,
     constraint: bool = True,
     name: str = "",
     seed: int = 0,
+    count: str = "evaluations",
+    max_repeats: int | None = None,
 ) -> Run:
-    """Runs ``sampler`` for ``n_trials`` ask-and-tell trials whose values come from ``table``."""
+    """Runs ``sampler`` by ask-and-tell, with values from ``table``, until ``n_evaluations`` count.
+
+    ``count = "evaluations"`` counts as the driver does: a proposal that repeats a configuration
+    already evaluated (with a result) is told that result but not counted, and the replay stops
+    after ``max_repeats`` (default: the driver's) such proposals in a row, or when the sampler says
+    it has tried every configuration. ``count = "trials"`` counts every proposal.
+    """
     import optuna
 
+    if count not in COUNTS:
+        raise ValueError(f"count = {count!r}: use one of {COUNTS}")
+    max_repeats = default_max_repeats() if max_repeats is None else max_repeats
     study = optuna.create_study(directions=list(DIRECTIONS), sampler=sampler)
     keys: list[str] = []
+    proposals: list[int] = []
+    evaluated: set[str] = set()
+    repeats, asked, stopped = 0, 0, None
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental / independent-sampling fallbacks, per trial
-        for _ in range(n_trials):
+        while len(keys) < n_evaluations:
             trial = study.ask()
+            asked += 1
             key = table.suggest(trial)
             if key not in table.values:
                 raise KeyError(f"The sampler proposed {key}, which is not in the table")
-            keys.append(key)
+            repeat = count == "evaluations" and key in evaluated
+            repeats = repeats + 1 if repeat else 0
+            if not repeat:
+                keys.append(key)
+                proposals.append(asked)
             values = table.values[key]
-            if values is None:
+            if values is None:  # a failed evaluation: the driver evaluates it again if proposed again
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                continue
-            if constraint:
-                # As the driver records max_accuracy_drop: <= 0 is feasible.
-                trial.set_constraint("accuracy_drop", (table.baseline_accuracy - values[0]) - table.tolerance)
-            study.tell(trial, list(values))
-    return Run(sampler=name, seed=seed, keys=keys, sampler_s=time.perf_counter() - start, study=study)
+            else:
+                evaluated.add(key)
+                if constraint:
+                    # As the driver records max_accuracy_drop: <= 0 is feasible.
+                    trial.set_constraint("accuracy_drop", (table.baseline_accuracy - values[0]) - table.tolerance)
+                study.tell(trial, list(values))
+            if getattr(study.sampler, "exhausted", False):
+                stopped = "exhausted"
+                break
+            if count == "evaluations" and repeats >= max_repeats:
+                stopped = "repeats"
+                break
+    return Run(
+        sampler=name,
+        seed=seed,
+        keys=keys,
+        sampler_s=time.perf_counter() - start,
+        study=study,
+        proposals=proposals,
+        stopped=stopped,
+    )
 
 
 def hv_curve(table: Table, keys: Sequence[str], frontier: Frontier) -> list[float]:
-    """HV ratio after each trial (index t: after t + 1 trials)."""
+    """HV ratio after each counted evaluation (index t: after t + 1 of them)."""
     tried: list[tuple[float, float]] = []
     seen: set[str] = set()
     curve: list[float] = []
@@ -317,7 +341,7 @@ def hv_curve(table: Table, keys: Sequence[str], frontier: Frontier) -> list[floa
 
 
 def trials_to(curve: Sequence[float], target: float) -> int | None:
-    """The number of trials after which the HV ratio first reaches ``target`` (None: never)."""
+    """The number of counted evaluations after which the HV ratio first reaches ``target`` (None: never)."""
     for t, value in enumerate(curve, 1):
         if value >= target - 1e-12:
             return t
@@ -329,26 +353,18 @@ def budget_trials(fraction: float, size: int) -> int:
 
 
 def run_metrics(table: Table, run: Run, frontier: Frontier, budgets: Sequence[int]) -> dict[str, Any]:
+    """Per budget (counted evaluations): HV ratio, IGD+, distinct configurations, and proposals."""
     curve = hv_curve(table, run.keys, frontier)
     out: dict[str, Any] = {"trials_to_95": trials_to(curve, TARGET_HV_RATIO), "sampler_s": run.sampler_s}
-    # The trial at which the n-th distinct configuration was proposed: the driver serves repeats from
-    # its result cache, so this is the budget counted in measurements rather than in trials.
-    nth_unique: dict[int, int] = {}
-    seen: set[str] = set()
-    for t, key in enumerate(run.keys):
-        if key not in seen:
-            seen.add(key)
-            nth_unique[len(seen)] = t
     for b in budgets:
         keys = run.keys[:b]
         tried = [table.values[k] for k in dict.fromkeys(keys) if table.values[k] is not None]
-        at = nth_unique.get(b)
         out[b] = {
-            "hv_ratio": curve[b - 1],
+            # A replay that stopped early (space exhausted, or only repeats) keeps its last value.
+            "hv_ratio": curve[min(b, len(curve)) - 1] if curve else 0.0,
             "igd_plus": igd_plus(tried, frontier),
             "unique": len(set(keys)),
-            # None: fewer than b distinct configurations within the horizon
-            "hv_ratio_at_unique": None if at is None else curve[at],
+            "proposals": run.proposals[min(b, len(keys)) - 1] if keys else 0,
         }
     return out
 
@@ -379,20 +395,6 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return float(q2), float(q1), float(q3)
 
 
-def _unique_budget_summary(values: list[float | None], random_values: list[float | None], name: str) -> dict:
-    """HV ratio after as many distinct configurations as the budget has trials (seeds that never
-    proposed that many within the horizon are left out, and counted)."""
-    got = [v for v in values if v is not None]
-    base = [v for v in random_values if v is not None]
-    out: dict[str, Any] = {"unique_budget_seeds": len(got), "hv_ratio_at_unique_median": None}
-    out["p_value_vs_random_at_unique"] = None
-    if got:
-        out["hv_ratio_at_unique_median"] = float(np.median(got))
-        if name != "random" and base:
-            out["p_value_vs_random_at_unique"] = mann_whitney_greater(got, base)
-    return out
-
-
 def _median_censored(values: Sequence[int | None]) -> int | float | None:
     """Median of trial counts where None means "not reached" (larger than any count)."""
     ordered = sorted(values, key=lambda v: math.inf if v is None else v)
@@ -420,12 +422,14 @@ def benchmark(
     horizon: float = 0.5,
     constraint: bool = True,
     first_seed: int = 0,
+    count: str = "evaluations",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Replays every sampler over ``seeds`` seeds and summarises the metrics (see the module doc)."""
     from lepton_search.search._samplers import run_seed
 
     options = options or {}
+    max_repeats = default_max_repeats()
     frontier = grid_frontier(table)
     budgets = [budget_trials(f, table.size) for f in budget_fractions]
     n_trials = max([*budgets, budget_trials(horizon, table.size)])
@@ -436,11 +440,15 @@ def benchmark(
         per_sampler[name] = []
         for s in range(first_seed, first_seed + seeds):
             sampler, full_options[name] = make_sampler(name, options.get(name, {}), seed=run_seed(s, 0))
-            run = replay(table, sampler, n_trials, constraint=constraint, name=name, seed=s)
-            per_sampler[name].append(run_metrics(table, run, frontier, budgets))
+            run = replay(
+                table, sampler, n_trials, constraint=constraint, name=name, seed=s, count=count, max_repeats=max_repeats
+            )
+            per_sampler[name].append(
+                {**run_metrics(table, run, frontier, budgets), "asked": len(run.study.trials), "stopped": run.stopped}
+            )
         if progress:
             spent = sum(m["sampler_s"] for m in per_sampler[name])
-            progress(f"{name}: {seeds} seeds x {n_trials} trials in {spent:.1f} s")
+            progress(f"{name}: {seeds} seeds x {n_trials} {count} in {spent:.1f} s")
 
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -450,6 +458,7 @@ def benchmark(
             hv = [m[b]["hv_ratio"] for m in metrics]
             igd = [m[b]["igd_plus"] for m in metrics]
             unique = [m[b]["unique"] for m in metrics]
+            proposals = [m[b]["proposals"] for m in metrics]
             hv_med, hv_q1, hv_q3 = _quartiles(hv)
             igd_med, igd_q1, igd_q3 = _quartiles(igd)
             random_hv = [m[b]["hv_ratio"] for m in per_sampler["random"]] if "random" in per_sampler else []
@@ -461,6 +470,8 @@ def benchmark(
                     "trials": b,
                     "unique_evaluations_median": statistics.median(unique),
                     "unique_evaluations_range": [min(unique), max(unique)],
+                    "proposals_median": statistics.median(proposals),
+                    "proposals_range": [min(proposals), max(proposals)],
                     "hv_ratio_median": hv_med,
                     "hv_ratio_iqr": [hv_q1, hv_q3],
                     "igd_plus_median": igd_med,
@@ -471,11 +482,6 @@ def benchmark(
                     else mann_whitney_greater(hv, random_hv),
                     "a12_vs_random": None if name == "random" or not random_hv else a12(hv, random_hv),
                     "hv_ratio_per_seed": hv,
-                    **_unique_budget_summary(
-                        [m[b]["hv_ratio_at_unique"] for m in metrics],
-                        [m[b]["hv_ratio_at_unique"] for m in per_sampler.get("random", [])],
-                        name,
-                    ),
                 }
             )
     trials_to_95 = {
@@ -483,7 +489,9 @@ def benchmark(
             "median": _median_censored([m["trials_to_95"] for m in per_sampler[name]]),
             "per_seed": [m["trials_to_95"] for m in per_sampler[name]],
             "horizon": n_trials,
-            "sampler_s_per_trial": sum(m["sampler_s"] for m in per_sampler[name]) / (seeds * n_trials),
+            "sampler_s_per_trial": sum(m["sampler_s"] for m in per_sampler[name])
+            / sum(m["asked"] for m in per_sampler[name]),
+            "stopped_early": sum(m["stopped"] is not None for m in per_sampler[name]),
         }
         for name in names
     }
@@ -499,6 +507,7 @@ def benchmark(
         "hv_ratio_iqr": head["hv_ratio_iqr"],
         "igd_plus_median": head["igd_plus_median"],
         "unique_evaluations_median": head["unique_evaluations_median"],
+        "proposals_median": head["proposals_median"],
         "p_value_vs_random": head["p_value_vs_random"],
         "a12_vs_random": head["a12_vs_random"],
         "trials_to_95_median": trials_to_95[default]["median"],
@@ -510,6 +519,8 @@ def benchmark(
         },
         "seeds": seeds,
         "first_seed": first_seed,
+        "count": count,
+        "max_repeats": max_repeats,
         "constraint": constraint,
         "grid": {
             "path": None,
@@ -538,18 +549,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _unique_cell(r: dict[str, Any]) -> str:
-    if r["hv_ratio_at_unique_median"] is None:
-        return "-"
-    n, seeds = r["unique_budget_seeds"], len(r["hv_ratio_per_seed"])
-    return f"{r['hv_ratio_at_unique_median']:.3f}" + (f" ({n}/{seeds} seeds)" if n < seeds else "")
-
-
-def _p_cell(r: dict[str, Any]) -> str:
-    p = r["p_value_vs_random_at_unique"]
-    return "" if p is None else f"{p:.4f}"
-
-
 def format_text(result: dict[str, Any]) -> str:
     g = result["grid"]
     ref = g["reference_point"]
@@ -561,26 +560,34 @@ def format_text(result: dict[str, Any]) -> str:
         f"Latency objective: {g.get('latency', 'measured')}",
         f"{result['seeds']} seeds (from {result['first_seed']}); accuracy_drop constraint "
         f"{'on' if result['constraint'] else 'off'}; median [IQR] over seeds; p: one-sided Mann-Whitney U vs random",
+        f"Budget counted in {result['count']}"
+        + (
+            f" (repeats told but not counted; stop after {result['max_repeats']} in a row), as the driver counts it"
+            if result["count"] == "evaluations"
+            else " (every proposal counts)"
+        ),
         "",
-        f"{'sampler':<11}{'budget':>13}{'unique':>8}  {'HV ratio [IQR]':<22}{'IGD+ [IQR]':<24}"
-        f"{'>=95%':>6}{'p vs random':>13}{'A12':>6}   {'HV @ as many unique':<20}{'p':>8}",
+        f"{'sampler':<11}{'budget':>13}{'unique':>8}{'asked':>7}  {'HV ratio [IQR]':<22}{'IGD+ [IQR]':<24}"
+        f"{'>=95%':>6}{'p vs random':>13}{'A12':>6}",
     ]
     for r in result["table"]:
         p = "" if r["p_value_vs_random"] is None else f"{r['p_value_vs_random']:.4f}"
         a = "" if r["a12_vs_random"] is None else f"{r['a12_vs_random']:.2f}"
         lines.append(
-            f"{r['sampler']:<11}{r['trials']:>4} ({r['budget_fraction']:>4.0%}){r['unique_evaluations_median']:>8g}  "
+            f"{r['sampler']:<11}{r['trials']:>4} ({r['budget_fraction']:>4.0%}){r['unique_evaluations_median']:>8g}"
+            f"{r['proposals_median']:>7g}  "
             f"{r['hv_ratio_median']:.3f} [{r['hv_ratio_iqr'][0]:.3f}, {r['hv_ratio_iqr'][1]:.3f}]   "
             f"{r['igd_plus_median']:.3f} [{r['igd_plus_iqr'][0]:.3f}, {r['igd_plus_iqr'][1]:.3f}]    "
-            f"{r['reached_95_fraction']:>5.0%}{p:>13}{a:>6}   {_unique_cell(r):<20}{_p_cell(r):>8}"
+            f"{r['reached_95_fraction']:>5.0%}{p:>13}{a:>6}"
         )
     lines.append("")
-    lines.append("Trials to reach 95% of grid HV, median over seeds (- = not within the horizon):")
+    lines.append(f"Budget ({result['count']}) to reach 95% of grid HV, median over seeds (- = not within the horizon):")
     for name, t in result["trials_to_95"].items():
         med = "-" if t["median"] is None else f"{t['median']:g}"
         per = ", ".join("-" if v is None else str(v) for v in t["per_seed"])
         ms = 1000 * t["sampler_s_per_trial"]
-        lines.append(f"  {name:<11}{med:>6} of {t['horizon']} ({per}); sampler time {ms:.0f} ms/trial")
+        early = f"; {t['stopped_early']} stopped early" if t["stopped_early"] else ""
+        lines.append(f"  {name:<11}{med:>6} of {t['horizon']} ({per}); sampler time {ms:.0f} ms/trial{early}")
     verdict = "MET" if result["target"]["met"] else "MISSED"
     p = result["p_value_vs_random"]
     lines.append("")
@@ -618,6 +625,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--options", action="append", default=[], metavar="NAME=JSON", help="sampler options")
     parser.add_argument("--no-constraint", action="store_true", help="do not record the accuracy_drop constraint")
     parser.add_argument(
+        "--count",
+        choices=COUNTS,
+        default="evaluations",
+        help="what the budget counts: evaluations (distinct configurations, as the driver) or every proposal",
+    )
+    parser.add_argument(
         "--latency",
         choices=["measured", "ratio"],
         default="measured",
@@ -647,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         horizon=args.horizon,
         constraint=not args.no_constraint,
         first_seed=args.first_seed,
+        count=args.count,
         progress=None if args.json else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
     print(json.dumps(json_safe(result), indent=1) if args.json else format_text(result))

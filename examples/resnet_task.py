@@ -28,9 +28,11 @@ A task is a subclass of :class:`lepton_search.objectives.tasks.Task` that provid
 and optionally ``fingerprint()`` (what identifies the data and teacher recipe; part of every cache
 key), ``prunable_ignored_layers(model)`` (layers channel pruning keeps whole; by default the last
 ``Linear``, so the class count stays 10), ``attention_heads(model)`` and ``after_pruning(model)`` (for
-transformers), ``calibration_inputs(...)``, ``before_trial(config)``, and the class attributes
-``output_kind`` (``"logits"`` or ``"embedding"``, which picks the distillation loss) and
-``train_batch_size``.
+transformers), ``depth_blocks(model)`` (blocks depth pruning may drop: here the residual blocks with
+an identity shortcut), ``hidden_layers(model)`` (outputs matched by hidden-state distillation; by
+default the depth blocks, here every residual block), ``calibration_inputs(...)``,
+``before_trial(config)``, and the class attributes ``output_kind`` (``"logits"`` or ``"embedding"``,
+which picks the distillation loss) and ``train_batch_size``.
 
 Residual connections need nothing special: torch-pruning traces the graph, sees that a block's
 output and its shortcut are added, and removes the same channels from both (and from every layer
@@ -155,6 +157,21 @@ class ResNetDigitsTask(Task):
             logits = np.asarray(predict(x[start : start + 256]))
             correct += int((logits.argmax(axis=1) == y[start : start + 256]).sum())
         return correct / len(x)
+
+    def depth_blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The residual blocks with an identity shortcut: their input and output shapes match, so
+        the network still runs without them (the first block of stage 2 halves the resolution and
+        doubles the width, so it stays). Depth pruning drops the least important of these."""
+        return [
+            (name, module)
+            for name, module in model.named_modules()
+            if isinstance(module, BasicBlock) and isinstance(module.shortcut, nn.Identity)
+        ]
+
+    def hidden_layers(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """Every residual block's output, for hidden-state distillation: the depth blocks and the
+        first block of stage 2, which depth pruning never drops, so a student always has one."""
+        return [(name, module) for name, module in model.named_modules() if isinstance(module, BasicBlock)]
 
     def teacher(self, cache_dir: Path) -> torch.nn.Module:
         path = Path(cache_dir) / "teachers" / f"{self.name}-{self.fingerprint()}.pt"

@@ -101,7 +101,10 @@ def run(
         f"Run finished in {summary.elapsed_s:.0f} s: {summary.completed} completed, "
         f"{summary.failed} failed"
         + (f", {summary.orphans_requeued} orphaned trials re-queued" if summary.orphans_requeued else "")
+        + (f", {summary.duplicates} repeated proposals served from the cache" if summary.duplicates else "")
     )
+    if summary.stopped:
+        console.print(f"  [yellow]stopped early[/] {summary.stopped}", markup=True, highlight=False)
     for line in summary.failures[:10]:
         console.print(f"  [yellow]failed[/] {line}", markup=True, highlight=False)
     _print_frontier(spec, locations)
@@ -181,6 +184,55 @@ def export(study_file: str, storage: str | None, artifacts: str | None, trial_nu
     spec = load_study_file(study_file)
     written = export_trial(spec, Locations.resolve(spec, storage, artifacts), trial_number, Path(output))
     for path in written:
+        click.echo(f"Wrote {path}")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="A config.json.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Directory to write into.")
+@click.option("--task", default=None, help="Task reference; default: the task in trial.json beside the config.")
+@click.option("--task-options", default=None, help="Task options as a JSON object; default: from trial.json.")
+@click.option("--seed", type=int, default=None, help="Compression seed; default: from trial.json, else 0.")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    default="lepton-artifacts/cache",
+    show_default=True,
+    help="Where the task's teacher is cached (trained there on first use).",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch and ORT threads.")
+def compress(
+    config_path: str,
+    output: str,
+    task: str | None,
+    task_options: str | None,
+    seed: int | None,
+    cache: str,
+    threads: int,
+) -> None:
+    """Rebuild a compressed model from a config (as written by `export`), outside any study."""
+    from lepton_search.errors import ConfigError
+    from lepton_search.objectives._rebuild import RebuildRecipe, rebuild
+
+    options = None
+    if task_options is not None:
+        try:
+            options = json.loads(task_options)
+        except ValueError as e:
+            raise ConfigError(
+                f"--task-options {task_options!r} is not JSON ({e}); pass an object such as '{{}}'."
+            ) from e
+        if not isinstance(options, dict):
+            raise ConfigError(f"--task-options must be a JSON object, got {task_options!r}.")
+    recipe = RebuildRecipe.from_files(Path(config_path), task=task, task_options=options, seed=seed)
+    with _console().status(f"Compressing {recipe.task} with {recipe.config.describe()} ..."):
+        built = rebuild(recipe, Path(output), Path(cache), threads=threads)
+    metric = built.summary["metric"]
+    click.echo(
+        f"{built.summary['label']}: metric {metric['validation']:.4f} (validation), {metric['test']:.4f} (test), "
+        f"{built.summary['size_bytes'] / 1e6:.2f} MB, sha256 {built.summary['sha256'][:16]}"
+    )
+    for path in (built.model_path, built.config_path, built.summary_path):
         click.echo(f"Wrote {path}")
 
 

@@ -37,6 +37,7 @@ from lepton_search.objectives._latency import (
     summarize,
     verdict_of,
 )
+from lepton_search.objectives._torch_export import compress_to_program, export_program
 
 __all__ = [
     "Availability",
@@ -59,7 +60,9 @@ __all__ = [
     "bench",
     "calibrate_noise_band",
     "compress",
+    "compress_to_program",
     "evaluate",
+    "export_program",
     "get_backend",
     "known_backends",
     "measure_model",

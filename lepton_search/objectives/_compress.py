@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from lepton_search.objectives._distill import distill
 from lepton_search.objectives._export import export_onnx
-from lepton_search.objectives._prune import finalize_pruning, prune, sparsity
+from lepton_search.objectives._prune import SEMI_STRUCTURED_NOTE, finalize_pruning, prune, sparsity
 from lepton_search.objectives._quantize import quantize
 from lepton_search.spaces import CompressionConfig
 
@@ -57,42 +57,49 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def compress(
-    teacher: torch.nn.Module, config: CompressionConfig, task: Task, out_dir: Path, *, seed: int = 0
-) -> CompressedModel:
-    """Runs prune -> distill -> export -> quantize for ``config`` and returns the ONNX result.
+def shrink(
+    teacher: torch.nn.Module,
+    config: CompressionConfig,
+    task: Task,
+    *,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> tuple[torch.nn.Module, dict[str, float], list[str]]:
+    """The steps every model format shares: prune, then distill, a copy of ``teacher``.
 
-    The teacher is not modified. Raises :class:`CompressionError` when a step fails.
+    The torch RNG is seeded with ``seed`` first, so one config, task and seed always give the same
+    student. ``cache_dir`` keeps what depth pruning measures once per task (block importance).
+
+    Returns:
+        The student, the time each step took, and notes on what was done.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.manual_seed(seed)
     timings: dict[str, float] = {}
     notes: list[str] = []
-    example = task.example_inputs(2)
-
     start = time.perf_counter()
     student = copy.deepcopy(teacher)
-    masked = prune(student, config.pruning, task, example)
+    masked = prune(student, config.pruning, task, task.example_inputs(2), cache_dir=cache_dir)
     timings["prune_s"] = time.perf_counter() - start
     if config.pruning.method == "unstructured":
         notes.append(UNSTRUCTURED_NOTE)
+    elif config.pruning.method == "2:4":
+        notes.append(SEMI_STRUCTURED_NOTE)
 
     start = time.perf_counter()
     if not distill(student, teacher, config.distillation, task, seed=seed) and config.distillation.method != "none":
         notes.append(DISTILL_SKIPPED_NOTE)
     finalize_pruning(masked)
     timings["distill_s"] = time.perf_counter() - start
+    return student, timings, notes
 
-    start = time.perf_counter()
-    fp32_path = export_onnx(student, example, out_dir / "model-fp32.onnx")
-    timings["export_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    final = quantize(fp32_path, config.quantization, task, out_dir)
-    timings["quantize_s"] = time.perf_counter() - start
-
-    data = final.read_bytes()
+def packaged(path: Path, student: torch.nn.Module, timings: dict[str, float], notes: list[str]) -> CompressedModel:
+    """The :class:`CompressedModel` record of the model file at ``path``, exported from ``student``."""
+    data = path.read_bytes()
     return CompressedModel(
-        onnx_path=final,
+        onnx_path=path,
         parameters=count_parameters(student),
         sparsity=sparsity(student),
         size_bytes=len(data),
@@ -100,3 +107,30 @@ def compress(
         timings_s=timings,
         notes=notes,
     )
+
+
+def compress(
+    teacher: torch.nn.Module,
+    config: CompressionConfig,
+    task: Task,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> CompressedModel:
+    """Runs prune -> distill -> export -> quantize for ``config`` and returns the ONNX result.
+
+    The teacher is not modified. Raises :class:`CompressionError` when a step fails. The same
+    config, task and seed always give the same model (see :func:`shrink`).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student, timings, notes = shrink(teacher, config, task, seed=seed, cache_dir=cache_dir)
+
+    start = time.perf_counter()
+    fp32_path = export_onnx(student, task.example_inputs(2), out_dir / "model-fp32.onnx")
+    timings["export_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    final = quantize(fp32_path, config.quantization, task, out_dir, teacher=teacher, cache_dir=cache_dir, notes=notes)
+    timings["quantize_s"] = time.perf_counter() - start
+    return packaged(final, student, timings, notes)

@@ -1,5 +1,12 @@
 """One trial, end to end, without Optuna or Ray: compress, score, measure, price.
 
+A trial is measured at its own deployment: the config's ``deployment`` section (backend, batch size,
+threads) overrides the study's ``[measurement]`` settings field by field, and the uncompressed
+baseline is measured in the same interleaved window at the same deployment, so the ratio compares
+like with like. On an ONNX backend the model is the quantized ONNX file; on a torch backend it is a
+``torch.export`` program of the pruned, distilled module cast to the config's precision, and the
+baseline is the fp32 teacher's program. Either way accuracy is scored on that same file.
+
 ``search`` calls :func:`evaluate` inside a Ray task. The device gate is how the caller keeps
 measurement windows exclusive: compute stages hold it shared, the latency measurement holds it
 exclusively, so no other trial computes on the device while one is being measured.
@@ -21,13 +28,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from lepton_search.errors import TrialFailed
-from lepton_search.objectives._compress import compress
+from lepton_search.objectives._compress import CompressedModel, compress
 from lepton_search.objectives._cost import CostModel
 from lepton_search.objectives._export import export_onnx
-from lepton_search.objectives._latency import MeasurementSettings, get_backend, measure_pair
+from lepton_search.objectives._latency import (
+    LatencyBackend,
+    MeasurementSettings,
+    PairMeasurement,
+    calibrated_noise_band,
+    get_backend,
+    measure_pair,
+)
+from lepton_search.objectives._torch_export import baseline_program, compress_to_program
 from lepton_search.objectives.tasks import Task, resolve_task
 from lepton_search.objectives.tasks._base import contiguous_inputs
-from lepton_search.spaces import CompressionConfig
+from lepton_search.spaces import CompressionConfig, DeploymentConfig
+from lepton_search.spaces._config import check_backend_precision
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +85,9 @@ class TrialRequest:
     compute_threads: int = 1
     # Multi-fidelity screening: distill for at most this many epochs (None: as configured).
     max_distill_epochs: int | None = None
+    # Where this run keeps its A/A noise calibrations (``settings.calibration_runs`` > 0); one
+    # directory per run of a study, so every run calibrates against the machine as it is then.
+    calibration_dir: str | None = None
 
 
 @dataclass
@@ -87,6 +106,12 @@ class TrialResult:
     notes: list[str]
     onnx_bytes: bytes
     peak_rss_mb: float
+    #: The format of the model file in ``onnx_bytes``: "onnx", or "torch-export" (a ``.pt2``
+    #: program) for a trial deployed on a torch backend.
+    model_format: str = "onnx"
+    #: The seed the model was compressed with: with the task and config, it rebuilds the model
+    #: (`lepton-search compress`).
+    compression_seed: int | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -131,6 +156,70 @@ def onnx_predictor(model_path: Path, threads: int = 1) -> Any:
     return runner.run
 
 
+MODEL_SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
+
+
+def deployment_settings(settings: MeasurementSettings, deployment: DeploymentConfig) -> MeasurementSettings:
+    """``settings`` with the deployment's backend, batch size and threads where it sets them."""
+    changes = {
+        name: value for name in ("backend", "batch_size", "threads") if (value := getattr(deployment, name)) is not None
+    }
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def deployment_of(settings: MeasurementSettings) -> dict[str, Any]:
+    """The resolved deployment a measurement ran at."""
+    return {"backend": settings.backend, "batch_size": settings.batch_size, "threads": settings.threads}
+
+
+def trial_backend(config: CompressionConfig, settings: MeasurementSettings) -> LatencyBackend:
+    """The backend ``config`` is measured on, checked to run its precision and usable here.
+
+    Raises:
+        ConfigError: the backend cannot run the config's precision (e.g. int8 on torch-cpu).
+        MeasurementError: the backend is not usable on this machine (no GPU, library missing).
+    """
+    check_backend_precision(settings.backend, config.quantization)
+    return get_backend(settings.backend)
+
+
+def model_predictor(model_path: Path, backend: LatencyBackend, threads: int) -> Any:
+    """A prediction function over the model file that ``backend`` measures.
+
+    ONNX files are scored in ONNX Runtime on the CPU; ``torch.export`` programs with torch in eager
+    mode on the backend's device (CUDA graphs and ``torch.compile`` need fixed shapes, and a metric
+    sees a short last batch), so the program measured is the program scored.
+    """
+    if backend.model_format == "onnx":
+        return onnx_predictor(model_path, threads)
+    scorer = "torch-cuda" if backend.device_class == "gpu" else "torch-cpu"
+    return get_backend(scorer).open(model_path, threads).run
+
+
+def baseline_model(backend: LatencyBackend, task: Task, teacher: torch.nn.Module, cache_dir: Path) -> Path:
+    """The uncompressed baseline in the file format ``backend`` opens."""
+    if backend.model_format == "torch-export":
+        return baseline_program(task, teacher, cache_dir)
+    return baseline_onnx(task, teacher, cache_dir)
+
+
+def price_measurement(
+    cost: CostModel, pair: PairMeasurement, settings: MeasurementSettings, latency: dict[str, Any]
+) -> float:
+    """Adds ``cost_usd_per_million`` to the candidate's and the baseline's statistics in ``latency``
+    (the ``pair.to_dict()`` of a measurement at ``settings``) and returns the candidate's."""
+    device = pair.device
+    price = cost.price_per_hour(device.get("device_class", "cpu"), settings.threads, device.get("device") or "")
+    candidate = cost.usd_per_million(pair.candidate.median_ms, settings.batch_size, price)
+    latency["candidate"]["cost_usd_per_million"] = candidate
+    latency["baseline"]["cost_usd_per_million"] = cost.usd_per_million(
+        pair.baseline.median_ms, settings.batch_size, price
+    )
+    latency["price_usd_per_hour"] = price
+    latency["deployment"] = deployment_of(settings)
+    return candidate
+
+
 class _NaNCounter:
     """Wraps a prediction function and counts the NaN values among its outputs.
 
@@ -168,30 +257,66 @@ def at_fidelity(config: CompressionConfig, max_distill_epochs: int | None) -> Co
     return dataclasses.replace(config, distillation=dataclasses.replace(d, epochs=max_distill_epochs))
 
 
+def measure_against_baseline(
+    request: TrialRequest,
+    candidate: Path,
+    baseline: Path,
+    inputs: Any,
+    settings: MeasurementSettings,
+    backend: LatencyBackend,
+) -> tuple[PairMeasurement, dict[str, Any]]:
+    """Measures ``candidate`` against ``baseline``; the caller holds the device's measurement window.
+
+    With ``settings.calibration_runs`` and a ``request.calibration_dir``, the verdict's noise band
+    comes from this device's A/A calibration (made now if this is the first measurement of the run
+    on this host and setup) and is recorded under ``noise_calibration``.
+
+    Returns:
+        The measurement and its :meth:`PairMeasurement.to_dict`.
+    """
+    noise = None
+    if settings.calibration_runs and request.calibration_dir:
+        noise = calibrated_noise_band(baseline, inputs, settings, Path(request.calibration_dir), backend)
+    pair = measure_pair(candidate, baseline, inputs, settings, backend, noise_band=noise.delta if noise else None)
+    latency = pair.to_dict()
+    if noise is not None:
+        latency["noise_calibration"] = noise.to_dict()
+    return pair, latency
+
+
 def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResult:
-    """Compresses, scores, measures and prices one configuration.
+    """Compresses, scores, measures and prices one configuration at its deployment.
 
     Raises:
+        ConfigError: the deployment's backend cannot run the config's precision.
         TrialFailed: the compressed model outputs NaN, or the metric is not finite.
         CompressionError: a compression step failed.
-        MeasurementError: the model could not be measured.
+        MeasurementError: the model could not be measured (or the backend is not usable here).
     """
     import torch
 
     gate = gate or NoGate()
     torch.set_num_threads(request.compute_threads)
     config = at_fidelity(CompressionConfig.from_json(request.config_json), request.max_distill_epochs)
+    settings = deployment_settings(request.settings, config.deployment)
+    backend = trial_backend(config, settings)
     cache_dir = Path(request.cache_dir)
     with gate.compute():
         task = load_task(request)
         teacher = load_teacher(task, cache_dir)
-        baseline = baseline_onnx(task, teacher, cache_dir)
+        baseline = baseline_model(backend, task, teacher, cache_dir)
         task.before_trial(config)
     with tempfile.TemporaryDirectory(prefix="lepton-trial-") as tmp:
         with gate.compute():
-            compressed = compress(teacher, config, task, Path(tmp), seed=request.seed)
+            compressed: CompressedModel
+            if backend.model_format == "torch-export":
+                compressed = compress_to_program(
+                    teacher, config, task, Path(tmp), seed=request.seed, cache_dir=cache_dir
+                )
+            else:
+                compressed = compress(teacher, config, task, Path(tmp), seed=request.seed, cache_dir=cache_dir)
             start = time.perf_counter()
-            predict = _NaNCounter(onnx_predictor(compressed.onnx_path))
+            predict = _NaNCounter(model_predictor(compressed.onnx_path, backend, request.compute_threads))
             accuracy = task.evaluate(predict, "validation")
             test_accuracy = task.evaluate(predict, "test")
             compressed.timings_s["score_s"] = time.perf_counter() - start
@@ -204,20 +329,18 @@ def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResu
             raise TrialFailed(
                 f"The task metric is {accuracy} (validation) and {test_accuracy} (test); it must be finite."
             )
-        inputs = contiguous_inputs(task.example_inputs(request.settings.batch_size))
+        inputs = contiguous_inputs(task.example_inputs(settings.batch_size))
         with gate.measure():
             start = time.perf_counter()
-            pair = measure_pair(compressed.onnx_path, baseline, inputs, request.settings)
+            pair, latency = measure_against_baseline(request, compressed.onnx_path, baseline, inputs, settings, backend)
             compressed.timings_s["measure_s"] = time.perf_counter() - start
         onnx_bytes = compressed.onnx_path.read_bytes()
-    device = pair.device
-    price = request.cost.price_per_hour(device["device_class"], request.settings.threads, device.get("device", ""))
-    latency = pair.to_dict()
+    cost = price_measurement(request.cost, pair, settings, latency)
     return TrialResult(
         accuracy=float(accuracy),
         test_accuracy=float(test_accuracy),
         latency=latency,
-        cost_usd_per_million=request.cost.usd_per_million(pair.candidate.median_ms, request.settings.batch_size, price),
+        cost_usd_per_million=cost,
         size_bytes=compressed.size_bytes,
         gzip_size_bytes=compressed.gzip_size_bytes,
         parameters=compressed.parameters,
@@ -226,6 +349,8 @@ def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResu
         notes=compressed.notes,
         onnx_bytes=onnx_bytes,
         peak_rss_mb=_rss_mb(),
+        model_format=backend.model_format,
+        compression_seed=request.seed,
     )
 
 

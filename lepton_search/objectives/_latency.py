@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -75,6 +76,9 @@ from lepton_search.objectives._devices import (
 )
 
 Verdict = Literal["faster", "slower", "tie"]
+
+#: The verdict's noise band when it is not calibrated (see the module docstring).
+DEFAULT_NOISE_BAND = 0.05
 ModelFormat = Literal["onnx", "torch-export"]
 
 #: One model input (single-input models, the historical form) or inputs by name.
@@ -95,7 +99,10 @@ class MeasurementSettings:
     min_session_s: float = 0.3
     max_session_s: float = 10.0
     bootstrap_resamples: int = 1000
-    noise_band: float = 0.05
+    noise_band: float = DEFAULT_NOISE_BAND
+    #: A/A runs that calibrate the noise band on the measuring device before its first verdict
+    #: (see :func:`calibrated_noise_band`); 0 keeps the fixed ``noise_band``.
+    calibration_runs: int = 0
     seed: int = 0
     #: Candidate and baseline runs alternate in blocks of about this many seconds; 0 runs whole
     #: sessions one after the other.
@@ -927,7 +934,19 @@ class NoiseBand:
         """A/A runs whose ratio interval contains 1.0, as a correct interval's should."""
         return sum(low <= 1.0 <= high for low, high in self.ratio_cis)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NoiseBand:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            delta=float(data["delta"]),
+            ratios=[float(r) for r in data["ratios"]],
+            ratio_cis=[(float(lo), float(hi)) for lo, hi in data["ratio_cis"]],
+            quantile=float(data["quantile"]),
+            floor=float(data["floor"]),
+        )
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; :meth:`from_dict` reads it back."""
         return {
             "delta": self.delta,
             "runs": self.runs,
@@ -995,3 +1014,44 @@ def calibrate_noise_band(
         cis.append(pair.ratio_ci)
     delta = noise_band_from_ratios(ratios, quantile=quantile, floor=floor)
     return NoiseBand(delta=delta, ratios=ratios, ratio_cis=cis, quantile=quantile, floor=floor)
+
+
+def noise_band_file(directory: Path, baseline: Path, settings: MeasurementSettings) -> Path:
+    """Where the calibration of ``baseline`` under ``settings`` on this host is kept in ``directory``.
+
+    One file per host, backend, thread count, batch size and baseline model: the noise of one
+    thread says nothing about the noise of two, nor one machine's about another's.
+    """
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in platform.node() or "host")
+    name = f"{host}-{settings.backend}-t{settings.threads}-b{settings.batch_size}-{baseline.stem}.json"
+    return directory / name
+
+
+def calibrated_noise_band(
+    baseline: Path,
+    inputs: Inputs,
+    settings: MeasurementSettings,
+    directory: Path,
+    backend: LatencyBackend | None = None,
+) -> NoiseBand:
+    """The A/A noise band of this device for ``settings``, calibrated once per ``directory``.
+
+    Studies call this inside a trial's exclusive measurement window, before the trial's own
+    measurement: the first trial measured on a host (per backend, threads and batch size) runs
+    ``settings.calibration_runs`` A/A measurements of the baseline and stores the band in
+    ``directory``; later trials read it. A run of a study uses a directory of its own, so each run
+    calibrates against the machine as it is that day. The file is written atomically, so a reader
+    never sees half of it.
+    """
+    path = noise_band_file(directory, baseline, settings)
+    if path.exists():
+        try:
+            return NoiseBand.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable (a foreign or damaged file): calibrate again and replace it
+    band = calibrate_noise_band(baseline, inputs, settings, runs=max(1, settings.calibration_runs), backend=backend)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(band.to_dict()))
+    os.replace(tmp, path)
+    return band

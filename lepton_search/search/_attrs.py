@@ -13,3 +13,5 @@ REMEASURED_PREFIX = "lepton:remeasured:"
 
 FAIL_REASON = "fail_reason"
 REQUEUED = "requeued"
+#: On a repeated proposal served from the cache: the number of the trial that was evaluated.
+DUPLICATE_OF = "duplicate_of"

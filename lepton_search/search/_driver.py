@@ -9,13 +9,22 @@ Resume: a rerun of the same study file loads the study. Trials left RUNNING by a
 killed are failed with a reason and their parameters are queued again, so the budget counts only
 trials that really finished; sampler seeds are derived from the history so a resumed study does
 not replay its first proposals.
+
+Budget: ``n_trials`` counts evaluations, i.e. distinct configurations. A proposal that repeats a
+configuration this study already evaluated is served from the result cache at once, told to
+Optuna (the sampler learns it was proposed again), marked ``duplicate_of``, and not counted; one
+proposed while the same configuration is still being evaluated waits for that evaluation's outcome.
+After ``[budget].max_repeats`` repeats in a row, or when the sampler says it has tried every
+configuration (``bruteforce``), the run stops and says why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -35,7 +44,9 @@ from lepton_search.objectives import (
     prepare,
 )
 from lepton_search.objectives._evaluate import load_task
+from lepton_search.objectives._latency import DEFAULT_NOISE_BAND
 from lepton_search.search._attrs import (
+    DUPLICATE_OF,
     FAIL_REASON,
     REMEASURED_PREFIX,
     REQUEUED,
@@ -46,7 +57,7 @@ from lepton_search.search._attrs import (
 )
 from lepton_search.search._executor import RayExecutor, describe_failure, gpus_per_trial
 from lepton_search.search._frontier import hypervolume, reference_point
-from lepton_search.search._samplers import create_sampler, run_seed
+from lepton_search.search._samplers import SamplerSpaceError, check_sampler_space, create_sampler, run_seed
 from lepton_search.search._spec import StudySpec
 from lepton_search.spaces import CompressionConfig, SearchSpace
 from lepton_search.storage import (
@@ -60,6 +71,10 @@ from lepton_search.storage import (
 
 if TYPE_CHECKING:
     import optuna
+
+logger = logging.getLogger(__name__)
+
+# Trial user attribute: the number of the trial whose evaluation a repeated proposal was served from.
 
 
 class RunInterrupted(LeptonSearchError):
@@ -97,6 +112,10 @@ class RunSummary:
     cached: int = 0
     warm_started: int = 0
     screened: int = 0
+    # Proposals that repeated a configuration of the study: served from the cache, not counted.
+    duplicates: int = 0
+    # Why the run stopped before its budget, when the sampler had nothing new to propose.
+    stopped: str | None = None
     elapsed_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -183,8 +202,25 @@ def requeue_orphans(study: optuna.Study, reason: str) -> int:
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Finished trials that count against the budget (re-queued orphans do not)."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get(REQUEUED))
+    """Finished trials that count against the budget: evaluations. Re-queued orphans and repeated
+    proposals served from the cache (``duplicate_of``) do not count."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and not t.user_attrs.get(REQUEUED) and DUPLICATE_OF not in t.user_attrs
+    )
+
+
+def evaluated_configs(study: optuna.Study) -> dict[str, tuple[int, str | None]]:
+    """Config hash -> (number, artifact id) of the first COMPLETE trial that evaluated it."""
+    from optuna.trial import TrialState
+
+    evaluated: dict[str, tuple[int, str | None]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        config_hash = t.user_attrs.get("config_hash")
+        if config_hash and DUPLICATE_OF not in t.user_attrs:
+            evaluated.setdefault(config_hash, (t.number, t.user_attrs.get("artifact_id")))
+    return evaluated
 
 
 def objective_values(spec: StudySpec, result: TrialResult) -> list[float]:
@@ -251,10 +287,13 @@ def record_result(
     artifact_store: Any,
     baseline_accuracy: float,
     cached_from: dict[str, Any] | None = None,
+    artifact_id: str | None = None,
 ) -> None:
     """Writes attributes, constraints and the model artifact, then tells Optuna the values.
 
-    Everything is written before ``tell``: Optuna refuses updates to a finished trial.
+    Everything is written before ``tell``: Optuna refuses updates to a finished trial. With
+    ``artifact_id`` (a repeated configuration) the trial points at that stored model instead of
+    uploading a copy.
     """
     from optuna.artifacts import upload_artifact
     from optuna.trial import TrialState
@@ -282,7 +321,14 @@ def record_result(
         "timings_s": result.timings_s,
         "notes": result.notes,
         "peak_rss_mb": result.peak_rss_mb,
+        # The backend, batch size and threads the trial was measured (and priced) at.
+        "deployment": latency.get("deployment"),
+        "model_format": result.model_format,
     }
+    if result.compression_seed is not None:
+        attrs["compression_seed"] = result.compression_seed
+    if "noise_calibration" in latency:
+        attrs["noise_calibration"] = latency["noise_calibration"]
     if cached_from is not None:
         attrs["cached_from"] = cached_from
     values = objective_values(spec, result)
@@ -301,15 +347,17 @@ def record_result(
         # optuna-dashboard 0.21 reads only the legacy list key; write it too so infeasible trials
         # show as infeasible there.
         study._storage.set_trial_system_attr(trial._trial_id, "constraints", list(constraints.values()))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial-{trial.number}.onnx"
-        path.write_bytes(result.onnx_bytes)
-        artifact_id = upload_artifact(
-            artifact_store=artifact_store,
-            file_path=str(path),
-            study_or_trial=trial,
-            mimetype="application/octet-stream",
-        )
+    if artifact_id is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            suffix = ".pt2" if result.model_format == "torch-export" else ".onnx"
+            path = Path(tmp) / f"trial-{trial.number}{suffix}"
+            path.write_bytes(result.onnx_bytes)
+            artifact_id = upload_artifact(
+                artifact_store=artifact_store,
+                file_path=str(path),
+                study_or_trial=trial,
+                mimetype="application/octet-stream",
+            )
     trial.set_user_attr("artifact_id", artifact_id)
     study.tell(trial, values)
 
@@ -358,7 +406,10 @@ def measurement_settings(spec: StudySpec) -> MeasurementSettings:
         min_iterations=m.min_iterations,
         min_session_s=m.min_session_s,
         bootstrap_resamples=m.bootstrap_resamples,
-        noise_band=m.noise_band,
+        # "auto": calibrated per host and run (TrialRequest.calibration_dir); the fixed band is
+        # then only the fallback of a measurement made outside a run.
+        noise_band=DEFAULT_NOISE_BAND if m.noise_band == "auto" else m.noise_band,
+        calibration_runs=m.calibration_runs if m.noise_band == "auto" else 0,
         seed=spec.study.seed,
     )
 
@@ -375,7 +426,16 @@ def base_request(spec: StudySpec, locations: Locations) -> TrialRequest:
             gpu_usd_per_hour=dict(spec.cost.gpu_usd_per_hour),
         ),
         seed=spec.study.seed,
+        calibration_dir=str(run_calibration_dir(spec, locations)),
     )
+
+
+def run_calibration_dir(spec: StudySpec, locations: Locations) -> Path:
+    """A directory of this run's own for the noise calibrations of its hosts (see ``[measurement]
+    noise_band = "auto"``): a rerun calibrates again, against the machine as it is then."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.study.name)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return locations.cache_dir.resolve() / "noise-bands" / f"{name}-{stamp}-{os.getpid()}"
 
 
 def ensure_baseline(study: optuna.Study, request: TrialRequest) -> dict[str, float]:
@@ -405,12 +465,15 @@ def remeasure_frontier(
     pending: dict[Any, tuple[Any, str]] = {}
     for trial in study.best_trials:
         artifact_id = trial.user_attrs.get("artifact_id")
-        if not artifact_id:
+        if not artifact_id or DUPLICATE_OF in trial.user_attrs:  # the same model as another frontier trial
             continue
         with artifact_store.open_reader(artifact_id) as reader:
             data = reader.read()
         owner = f"remeasure/{study.study_name}/{trial.number}/{time.time_ns()}"
-        pending[executor.submit_remeasure(request, data, sessions, owner)] = (trial, owner)
+        # Re-measured at the trial's own deployment (its config's backend, batch size and threads).
+        config_json = CompressionConfig.from_dict(trial.user_attrs["config"]).to_json()
+        trial_request = dataclasses.replace(request, config_json=config_json)
+        pending[executor.submit_remeasure(trial_request, data, sessions, owner)] = (trial, owner)
     done = 0
     deadline = time.monotonic() + timeout_s
     while pending:
@@ -470,15 +533,24 @@ class _Run:
         self.summary, self.notify = summary, notify
         self.fingerprint = load_task(request).fingerprint()
         self.inflight: dict[Any, _InFlight] = {}
+        # Evaluations submitted in this run (repeated configurations are not submitted).
         self.submitted = 0
         self.hypervolume = 0.0
         # With successive halving the full-fidelity study only evaluates promoted (queued) trials.
         self.only_queued = False
         self.fidelity = "full"
+        # Config hash -> the trial that evaluated it, for serving repeated proposals.
+        self.evaluated = evaluated_configs(study)
+        # Config hash -> proposals waiting for the in-flight evaluation of the same configuration.
+        self.waiting: dict[str, list[Any]] = {}
+        self.repeats = 0  # repeated proposals in a row
+        self.stopped: str | None = None
 
     def may_submit(self) -> bool:
         from optuna.trial import TrialState
 
+        if self.stopped is not None:
+            return False
         if self.remaining is not None and self.submitted >= self.remaining:
             return False
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -497,13 +569,21 @@ class _Run:
 
     def submit_next(self) -> None:
         trial = self.study.ask()
-        self.submitted += 1
         try:
             config = self.spec.space.suggest(trial)
+        except SamplerSpaceError as e:  # the sampler cannot search this space: no later trial could either
+            self.submitted += 1
+            self.fail(trial, "-", f"invalid configuration: {e}")
+            raise
         except LeptonSearchError as e:
+            self.submitted += 1
             self.fail(trial, "-", f"invalid configuration: {e}")
             return
         trial.set_user_attr("fidelity", self.fidelity)
+        if self.serve_repeat(trial, config):
+            return
+        self.repeats = 0
+        self.submitted += 1
         hit = cached_result(self.cache, result_key(self.request, self.fingerprint, config), self.artifact_store)
         if hit is not None:
             self.summary.cached += 1
@@ -516,25 +596,104 @@ class _Run:
         )
         self.inflight[self.executor.submit(request, owner)] = _InFlight(trial, config, owner, time.monotonic())
 
+    def serve_repeat(self, trial: Any, config: CompressionConfig) -> bool:
+        """Serves a proposal that repeats a configuration of this study without evaluating it again:
+        from the result cache when that evaluation finished, or, while it is still in flight, once
+        it does. Returns False when ``config`` is new here (or its cached result is gone)."""
+        config_hash = config.config_hash
+        if config_hash in self.evaluated:
+            if not self.serve_duplicate(trial, config):
+                return False
+        elif any(entry.config.config_hash == config_hash for entry in self.inflight.values()):
+            trial.set_user_attr("config", config.to_dict())
+            self.waiting.setdefault(config_hash, []).append(trial)
+        else:
+            return False
+        self.repeats += 1
+        if self.repeats >= self.spec.budget.max_repeats:
+            self.stop(
+                f"the sampler proposed only configurations this study has already evaluated, "
+                f"{self.repeats} times in a row ([budget].max_repeats = {self.spec.budget.max_repeats}): "
+                "the space is exhausted or the sampler has converged. Widen [space], choose another "
+                "[sampler], or raise [budget].max_repeats"
+            )
+        return True
+
+    def serve_duplicate(self, trial: Any, config: CompressionConfig) -> bool:
+        """Records ``trial`` with the cached result of the trial that evaluated ``config``; not counted."""
+        original, artifact_id = self.evaluated[config.config_hash]
+        entry = self.cache.get(result_key(self.request, self.fingerprint, config))
+        if entry is None:  # e.g. evaluated by another version of lepton-search: evaluate it again
+            return False
+        result = TrialResult(**entry["payload"], onnx_bytes=b"")
+        cached_from = {"study": entry["study_name"], "trial": entry["trial_number"]}
+        self.record(trial, config, result, cached_from, duplicate_of=(original, artifact_id))
+        return True
+
+    def settle_waiting(self, entry: _InFlight, failure: str | None) -> None:
+        """Serves the proposals that waited for the evaluation in ``entry``; when it failed (or its
+        cached result is gone), fails them with the reason. They are not counted either way."""
+        for trial in self.waiting.pop(entry.config.config_hash, []):
+            if failure is None and self.serve_duplicate(trial, entry.config):
+                continue
+            trial.set_user_attr(DUPLICATE_OF, entry.trial.number)
+            reason = failure or "its cached result is missing"
+            fail_trial(self.study, trial, f"repeats trial {entry.trial.number}, whose evaluation failed: {reason}")
+            self.summary.duplicates += 1
+
+    def stop(self, reason: str) -> None:
+        """Submits nothing more; what is in flight still finishes."""
+        if self.stopped is None:
+            self.stopped = reason
+            self.summary.stopped = reason
+            logger.warning("Stopping study %r early: %s.", self.study.study_name, reason)
+
     def collect(self, ref: Any, entry: _InFlight) -> None:
         try:
             result = self.executor.result(ref)
         except Exception as e:  # Ray wraps worker errors in several types; each is a failed trial
             self.executor.release(entry.owner)
             self.fail(entry.trial, entry.config.describe(), describe_failure(e))
+            self.settle_waiting(entry, describe_failure(e))
             return
         self.executor.release(entry.owner)
-        self.record(entry.trial, entry.config, result)
+        completed = self.record(entry.trial, entry.config, result)
+        self.settle_waiting(entry, None if completed else "its values were not finite")
 
     def record(
-        self, trial: Any, config: CompressionConfig, result: TrialResult, cached_from: dict[str, Any] | None = None
-    ) -> None:
+        self,
+        trial: Any,
+        config: CompressionConfig,
+        result: TrialResult,
+        cached_from: dict[str, Any] | None = None,
+        *,
+        duplicate_of: tuple[int, str | None] | None = None,
+    ) -> bool:
+        """Records ``result`` on ``trial`` and tells Optuna; returns whether the trial is COMPLETE.
+
+        ``duplicate_of`` (number and artifact id of the trial that evaluated ``config``) marks a
+        repeated proposal: it shares that trial's model, and does not count against the budget.
+        """
         from optuna.trial import TrialState
 
+        if duplicate_of is not None:
+            trial.set_user_attr(DUPLICATE_OF, duplicate_of[0])
         record_result(
-            self.study, trial, config, result, self.spec, self.artifact_store, self.baseline["accuracy"], cached_from
+            self.study,
+            trial,
+            config,
+            result,
+            self.spec,
+            self.artifact_store,
+            self.baseline["accuracy"],
+            cached_from,
+            artifact_id=None if duplicate_of is None else duplicate_of[1],
         )
+        self.check_exhausted()
         frozen = self.study._storage.get_trial(trial._trial_id)
+        if duplicate_of is not None:
+            self.summary.duplicates += 1
+            return frozen.state == TrialState.COMPLETE
         if frozen.state != TrialState.COMPLETE:
             self.summary.failed += 1
             reason = frozen.user_attrs.get(FAIL_REASON, "")
@@ -549,7 +708,7 @@ class _Run:
                     "fidelity": self.fidelity,
                 },
             )
-            return
+            return False
         self.summary.completed += 1
         self.hypervolume = self.record_hypervolume(trial.number)
         if cached_from is None:
@@ -561,6 +720,7 @@ class _Run:
                 artifact_id=frozen.user_attrs.get("artifact_id"),
                 payload=payload,
             )
+        self.evaluated.setdefault(config.config_hash, (trial.number, frozen.user_attrs.get("artifact_id")))
         self.notify(
             "trial",
             {
@@ -576,6 +736,12 @@ class _Run:
                 "fidelity": self.fidelity,
             },
         )
+        return True
+
+    def check_exhausted(self) -> None:
+        """Stops submitting when the sampler says it has tried every configuration (``bruteforce``)."""
+        if getattr(self.study.sampler, "exhausted", False):
+            self.stop("the sampler has proposed every configuration of the space")
 
     def record_hypervolume(self, number: int) -> float:
         """Appends (trial number, hypervolume) to the study's history and returns the value."""
@@ -590,6 +756,7 @@ class _Run:
 
     def fail(self, trial: Any, label: str, reason: str) -> None:
         fail_trial(self.study, trial, reason)
+        self.check_exhausted()
         self.summary.failed += 1
         self.summary.failures.append(f"trial {trial.number}: {reason}")
         self.notify(
@@ -607,11 +774,9 @@ class _Run:
                 continue
             self.inflight.pop(ref)
             self.executor.cancel(ref, entry.owner)
-            self.fail(
-                entry.trial,
-                entry.config.describe(),
-                f"timeout: the trial ran longer than budget.trial_timeout_s = {limit:g} s and was cancelled",
-            )
+            reason = f"timeout: the trial ran longer than budget.trial_timeout_s = {limit:g} s and was cancelled"
+            self.fail(entry.trial, entry.config.describe(), reason)
+            self.settle_waiting(entry, reason)
 
     def interrupt(self) -> None:
         """Cancels what is in flight; each unfinished trial is failed and its parameters re-queued."""
@@ -628,6 +793,8 @@ class _Run:
                         "interrupted: the run was stopped; its parameters were queued again",
                         requeue=True,
                     )
+            with contextlib.suppress(Exception):
+                self.settle_waiting(entry, "interrupted: the run was stopped")
         self.inflight.clear()
 
 
@@ -709,6 +876,8 @@ def successive_halving(main: _Run, locations: Locations, active: list[_Run]) -> 
             active[0] = main
             main.loop()
             continue
+        if main.summary.stopped is not None:  # the screen has nothing new to propose
+            break
         budget_left = main.remaining is None or main.submitted < main.remaining
         if not budget_left or (main.deadline is not None and time.monotonic() >= main.deadline):
             break
@@ -733,6 +902,8 @@ def successive_halving(main: _Run, locations: Locations, active: list[_Run]) -> 
         main.summary.screened += screen.summary.completed + screen.summary.failed
         promoted = promote(screen_study, since, fidelity.promote_fraction, main.study, spec.directions)
         main.notify("promote", {"screened": screen.summary.completed, "promoted": promoted})
+        if screen.stopped is not None:  # evaluate what this last round promoted, then stop
+            main.summary.stopped = f"screening stopped: {screen.stopped}"
         fruitless = 0 if promoted else fruitless + 1
         if fruitless >= 5:  # the screen keeps proposing what was already promoted: the space is exhausted
             break
@@ -754,7 +925,8 @@ def run_study(
     Args:
         spec: The validated study file.
         locations: Storage URL and artifact directory.
-        n_trials: Overrides ``[budget].n_trials``: the total the study should hold.
+        n_trials: Overrides ``[budget].n_trials``: the evaluations (distinct configurations) the
+            study should hold; repeated proposals and re-queued orphans do not count.
         workers: Overrides ``[budget].workers``.
         ray_address: Joins an existing Ray cluster instead of starting a local one.
         on_event: Called with ``("start", info)`` once, ``("trial", info)`` after each trial and
@@ -771,6 +943,7 @@ def run_study(
     started = time.monotonic()
     summary = RunSummary(study_name=spec.study.name)
 
+    check_sampler_space(spec.sampler.name, spec.space.suggest)  # before anything is written
     study = open_study(spec, locations)
     artifact_store = get_artifact_store(locations.artifact_dir)
     summary.warm_started = warm_start(study, spec, locations.storage_url)
@@ -799,7 +972,7 @@ def run_study(
 
     max_workers = workers or budget.workers
     executor = executor or RayExecutor(
-        workers=max_workers, address=ray_address, gpus_per_trial=gpus_per_trial(spec.measurement.backend)
+        workers=max_workers, address=ray_address, gpus_per_trial=max(gpus_per_trial(b) for b in spec.backends)
     )
     own_executor = not executor._windows
     cache = ResultCache(locations.storage_url)

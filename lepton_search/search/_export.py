@@ -1,4 +1,5 @@
-"""`lepton-search export`: a trial's ONNX model and config, written to a directory."""
+"""`lepton-search export`: a trial's model (ONNX, or a torch.export ``.pt2`` program for a trial
+deployed on a torch backend) and config, written to a directory."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from lepton_search.storage import get_artifact_store
 
 
 def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Path) -> list[Path]:
-    """Downloads trial ``number``'s model artifact and writes ``model.onnx``, ``config.json`` and
-    ``trial.json`` (values and latency statistics) into ``out_dir``."""
+    """Downloads trial ``number``'s model artifact and writes ``model.onnx`` (``model.pt2`` for a
+    trial deployed on a torch backend), ``config.json`` and ``trial.json`` (values and latency
+    statistics) into ``out_dir``."""
     from optuna.artifacts import download_artifact
     from optuna.trial import TrialState
 
@@ -34,7 +36,8 @@ def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Pa
             + " and has no exported model; choose a COMPLETE trial."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / "model.onnx"
+    torch_program = trial.user_attrs.get("model_format") == "torch-export"
+    model_path = out_dir / ("model.pt2" if torch_program else "model.onnx")
     if model_path.exists():
         model_path.unlink()
     download_artifact(
@@ -47,6 +50,15 @@ def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Pa
     config_path.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
     info_path = out_dir / "trial.json"
     entry = trial_entry(trial, objective_names(study), study)
-    entry.update({"study": study.study_name, "task": spec.study.task, "device": trial.user_attrs.get("device")})
+    # task, task_options and seed are what `lepton-search compress` needs to rebuild this model.
+    entry.update(
+        {
+            "study": study.study_name,
+            "task": spec.study.task,
+            "task_options": dict(spec.study.task_options),
+            "seed": trial.user_attrs.get("compression_seed", spec.study.seed + trial.number),
+            "device": trial.user_attrs.get("device"),
+        }
+    )
     info_path.write_text(json.dumps(entry, indent=2) + "\n")
     return [model_path, config_path, info_path]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from lepton_search.search._attrs import REMEASURED_PREFIX, STUDY_BASELINE_ATTR, STUDY_OBJECTIVES_ATTR, STUDY_SPEC_ATTR
+from lepton_search.search._attrs import (
+    DUPLICATE_OF,
+    REMEASURED_PREFIX,
+    STUDY_BASELINE_ATTR,
+    STUDY_OBJECTIVES_ATTR,
+    STUDY_SPEC_ATTR,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -18,27 +24,73 @@ def objective_names(study: optuna.Study) -> list[str]:
     return list(names or [f"objective_{i}" for i in range(len(study.directions))])
 
 
+_DEPLOYMENT_KEYS = ("backend", "batch_size", "threads")
+
+
+def default_deployment(study: optuna.Study) -> dict[str, Any]:
+    """The study's ``[measurement]`` backend, batch size and threads (where a trial without
+    deployment knobs is measured)."""
+    measurement = (study.user_attrs.get(STUDY_SPEC_ATTR) or {}).get("measurement") or {}
+    defaults = {"backend": "onnxruntime-cpu", "batch_size": 64, "threads": 1}
+    return {k: measurement.get(k, defaults[k]) for k in _DEPLOYMENT_KEYS}
+
+
+def trial_deployment(trial: optuna.trial.FrozenTrial, default: dict[str, Any]) -> dict[str, Any]:
+    """The backend, batch size and threads ``trial`` was measured at."""
+    recorded = trial.user_attrs.get("deployment")
+    if recorded:
+        return {k: recorded.get(k) for k in _DEPLOYMENT_KEYS}
+    configured = (trial.user_attrs.get("config") or {}).get("deployment") or {}
+    return {k: configured.get(k, default[k]) for k in _DEPLOYMENT_KEYS}
+
+
 def baseline_summary(study: optuna.Study) -> dict[str, Any]:
-    """The uncompressed model: its metric, and the median of its latency over every trial window."""
+    """The uncompressed model: its metric, and the median of its latency and cost over the trial
+    windows measured at the study's default deployment (``[measurement]``).
+
+    Each trial measures the baseline at the trial's own deployment; only those at the default one
+    describe the study's baseline. A study none of whose trials ran there falls back to every
+    window, and says so (``latency.deployment`` is then ``"mixed"``).
+    """
     from optuna.trial import TrialState
 
     names = objective_names(study)
     stored = study.user_attrs.get(STUDY_BASELINE_ATTR, {})
-    medians = [
-        t.user_attrs["baseline_latency"]["median_ms"]
+    default = default_deployment(study)
+    # A repeated proposal carries its original's measurement; counting it would weigh that window twice.
+    measured = [
+        t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "baseline_latency" in t.user_attrs
+        if "baseline_latency" in t.user_attrs and DUPLICATE_OF not in t.user_attrs
     ]
+    at_default = [t for t in measured if trial_deployment(t, default) == default]
+    windows = at_default or measured
+    medians = [t.user_attrs["baseline_latency"]["median_ms"] for t in windows]
     latency_ms = statistics.median(medians) if medians else None
+    costs = []
+    for t in windows:
+        cost = t.user_attrs["baseline_latency"].get("cost_usd_per_million")
+        if cost is None and t.user_attrs.get("ratio_to_baseline") and t.user_attrs.get("cost_usd_per_million"):
+            cost = t.user_attrs["cost_usd_per_million"] / t.user_attrs["ratio_to_baseline"]  # before costs were stored
+        if cost is not None:
+            costs.append(cost)
+    cost_usd = statistics.median(costs) if costs else None
     values: dict[str, Any] = {}
     if "accuracy" in names:
         values["accuracy"] = stored.get("accuracy")
     if "latency_ms" in names:
         values["latency_ms"] = latency_ms
+    if "cost_usd_per_million" in names:
+        values["cost_usd_per_million"] = cost_usd
     return {
         "values": values,
         "test_accuracy": stored.get("test_accuracy"),
-        "latency": {"median_ms": latency_ms, "windows": len(medians)},
+        "latency": {
+            "median_ms": latency_ms,
+            "windows": len(medians),
+            "deployment": default if at_default or not measured else "mixed",
+        },
+        "cost_usd_per_million": cost_usd,
     }
 
 
@@ -87,6 +139,9 @@ def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str], study: optuna
         "test_accuracy": attrs.get("test_accuracy"),
         "size_bytes": attrs.get("size_bytes"),
         "cost_usd_per_million": attrs.get("cost_usd_per_million"),
+        "deployment": trial_deployment(trial, default_deployment(study))
+        if study is not None
+        else attrs.get("deployment"),
         "notes": attrs.get("notes", []),
         "constraints": dict(trial.constraints) if hasattr(trial, "constraints") else {},
     }
@@ -99,7 +154,8 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
     ``slower_than_baseline: true``, so they are never silently on the frontier.
     """
     names = objective_names(study)
-    best = sorted(study.best_trials, key=lambda t: t.number)
+    # A repeated proposal has its original's values; the original stands for both.
+    best = sorted((t for t in study.best_trials if DUPLICATE_OF not in t.user_attrs), key=lambda t: t.number)
     return {
         "study": study.study_name,
         "objectives": [{"name": n, "direction": d.name.lower()} for n, d in zip(names, study.directions)],
@@ -111,8 +167,9 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
 def reference_point(study: optuna.Study, tolerance: float | None = None) -> list[float] | None:
     """A task-relevant hypervolume reference point, in the objectives' own directions.
 
-    Accuracy: the baseline's minus ``tolerance``; latency and cost: the baseline's (so only
-    configurations that really help count); size: the largest size seen.
+    Accuracy: the baseline's minus ``tolerance``; latency and cost: the baseline's at the study's
+    default deployment (``[measurement]``), so only configurations that really help count, whether
+    by compression or by a better deployment; size: the largest size seen.
     """
     from optuna.trial import TrialState
 
@@ -130,14 +187,50 @@ def reference_point(study: optuna.Study, tolerance: float | None = None) -> list
             point.append(base["values"]["accuracy"] - tolerance)
         elif name == "latency_ms" and base["latency"]["median_ms"]:
             point.append(base["latency"]["median_ms"])
-        elif name == "cost_usd_per_million":
-            ratios = [
-                t.values[i] / t.user_attrs["ratio_to_baseline"] for t in trials if t.user_attrs.get("ratio_to_baseline")
-            ]
-            point.append(statistics.median(ratios) if ratios else max(t.values[i] for t in trials))
+        elif name == "cost_usd_per_million" and base["cost_usd_per_million"]:
+            point.append(base["cost_usd_per_million"])
         else:
             point.append(max(t.values[i] for t in trials) * 1.1)
     return point
+
+
+def pareto_numbers(points: dict[int, tuple[float, ...]]) -> set[int]:
+    """The keys of the non-dominated ``points``, every coordinate to be minimised."""
+    front = set()
+    for k, p in points.items():
+        dominated = any(
+            all(a <= b for a, b in zip(q, p)) and any(a < b for a, b in zip(q, p)) for j, q in points.items() if j != k
+        )
+        if not dominated:
+            front.add(k)
+    return front
+
+
+def speed_cost_frontiers(study: optuna.Study) -> dict[str, Any]:
+    """The latency frontier and the cost frontier of the feasible completed trials.
+
+    The latency frontier is non-dominated in (accuracy, latency), the cost frontier in (accuracy,
+    cost), whatever the study's objectives (the trials record both). With a fixed deployment the
+    two coincide; with batch size or threads in the space they differ: a larger batch costs less
+    per inference but takes longer per request, and more threads cut latency but each is paid for.
+    """
+    from optuna.trial import TrialState
+
+    rows: dict[int, dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = t.user_attrs
+        feasible = all(v <= 0 for v in (t.constraints or {}).values()) if hasattr(t, "constraints") else True
+        latency = (attrs.get("latency") or {}).get("median_ms")
+        cost = attrs.get("cost_usd_per_million")
+        if not feasible or latency is None or cost is None:
+            continue
+        rows[t.number] = {"accuracy": attrs.get("accuracy"), "latency_ms": latency, "cost_usd_per_million": cost}
+
+    def front(key: str) -> list[int]:
+        points = {n: ((-r["accuracy"],) if r["accuracy"] is not None else ()) + (r[key],) for n, r in rows.items()}
+        return sorted(pareto_numbers(points))
+
+    return {"trials": rows, "latency_frontier": front("latency_ms"), "cost_frontier": front("cost_usd_per_million")}
 
 
 def hypervolume(study: optuna.Study, reference: list[float] | None = None) -> float:

@@ -20,7 +20,6 @@ import datetime as dt
 import hashlib
 import json
 import platform
-import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -45,30 +44,17 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _gpu_driver() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def run_manifest(study_file: Path) -> dict[str, Any]:
     """What tonight's numbers were measured with: library versions, machine, study file hash."""
-    from lepton_search.objectives._devices import cpu_model
+    from lepton_search.objectives._devices import cpu_model, nvidia_smi
 
+    gpu = nvidia_smi()
     return {
         "versions": {p: _version(p) for p in ("lepton-search", "torch", "onnxruntime", "optuna", "ray")},
         "python": platform.python_version(),
         "host": platform.node(),
         "cpu": cpu_model(),
-        "gpu_driver": _gpu_driver(),
+        "gpu_driver": f"{gpu['name']}, {gpu['driver_version']}" if gpu else None,
         "study_file_sha256": hashlib.sha256(study_file.read_bytes()).hexdigest(),
     }
 

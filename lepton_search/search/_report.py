@@ -1,5 +1,6 @@
-"""The HTML report: Pareto scatter with latency error bars, hypervolume history, parallel
-coordinates and the frontier table, in one self-contained Plotly page."""
+"""The HTML report: Pareto scatter with latency error bars, the speed-versus-cost view (latency
+frontier and cost frontier), hypervolume history, parallel coordinates and the frontier table, in
+one self-contained Plotly page."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lepton_search.search._frontier import baseline_summary, frontier, objective_names, reference_point, remeasured
+from lepton_search.search._frontier import (
+    baseline_summary,
+    default_deployment,
+    frontier,
+    objective_names,
+    reference_point,
+    remeasured,
+    speed_cost_frontiers,
+    trial_deployment,
+)
+
+SPEED_COST_TITLE = "Speed versus cost"
+COST_FRONTIER_TITLE = "Cost frontier"
 
 if TYPE_CHECKING:
     import optuna
@@ -118,6 +131,105 @@ def _pareto_figure(study: optuna.Study, names: list[str]) -> go.Figure:
     return fig
 
 
+def _deployment_label(deployment: dict[str, Any]) -> str:
+    return f"{deployment['backend']}, batch {deployment['batch_size']}, {deployment['threads']} thr"
+
+
+def _speed_cost_figures(study: optuna.Study) -> list[go.Figure]:
+    """Latency versus cost of every feasible trial, with the latency frontier and the cost frontier
+    marked; and accuracy versus cost with the cost frontier (the counterpart of the Pareto scatter).
+
+    Both frontiers are over accuracy as well: the latency frontier is non-dominated in (accuracy,
+    latency), the cost frontier in (accuracy, cost). They differ when deployment knobs are searched.
+    """
+    import plotly.graph_objects as go
+
+    data = speed_cost_frontiers(study)
+    rows = data["trials"]
+    if not rows:
+        return []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.number in rows}
+    default = default_deployment(study)
+    latency_front, cost_front = set(data["latency_frontier"]), set(data["cost_frontier"])
+    groups = {
+        "on both frontiers": sorted(latency_front & cost_front),
+        "latency frontier": sorted(latency_front - cost_front),
+        "cost frontier": sorted(cost_front - latency_front),
+        "other trials": sorted(set(rows) - latency_front - cost_front),
+    }
+    styles = {
+        "on both frontiers": dict(color="#9467bd", size=13, symbol="star-diamond"),
+        "latency frontier": dict(color="#d62728", size=11, symbol="circle"),
+        "cost frontier": dict(color="#1f77b4", size=11, symbol="square"),
+        "other trials": dict(color="#bbbbbb", size=7, symbol="circle-open"),
+    }
+
+    def text(n: int) -> str:
+        t = trials[n]
+        return (
+            f"#{n} {t.user_attrs.get('label', '')}<br>{_deployment_label(trial_deployment(t, default))}"
+            f"<br>accuracy {rows[n]['accuracy']:.4g}"
+        )
+
+    speed = go.Figure()
+    for group, numbers in groups.items():
+        if numbers:
+            speed.add_trace(
+                go.Scatter(
+                    x=[rows[n]["latency_ms"] for n in numbers],
+                    y=[rows[n]["cost_usd_per_million"] for n in numbers],
+                    mode="markers",
+                    name=group,
+                    marker=styles[group],
+                    text=[text(n) for n in numbers],
+                    hovertemplate="%{text}<br>latency_ms=%{x:.4g}<br>USD per million=%{y:.4g}<extra></extra>",
+                )
+            )
+    base = baseline_summary(study)
+    if base["latency"]["median_ms"] and base["cost_usd_per_million"]:
+        speed.add_trace(
+            go.Scatter(
+                x=[base["latency"]["median_ms"]],
+                y=[base["cost_usd_per_million"]],
+                mode="markers",
+                name=f"baseline ({_deployment_label(default)})",
+                marker=dict(color="#2ca02c", size=14, symbol="star"),
+            )
+        )
+    speed.update_layout(
+        title=f"{SPEED_COST_TITLE}: latency_ms vs cost_usd_per_million "
+        f"(latency frontier: {len(latency_front)} trials, cost frontier: {len(cost_front)} trials)",
+        xaxis=dict(title="latency_ms (per request batch)", type="log"),
+        yaxis=dict(title="cost_usd_per_million (inferences)", type="log"),
+        height=520,
+    )
+    cost = go.Figure()
+    for name, numbers, style in (
+        ("cost frontier", sorted(cost_front, key=lambda n: rows[n]["cost_usd_per_million"]), styles["cost frontier"]),
+        ("other trials", sorted(set(rows) - cost_front), styles["other trials"]),
+    ):
+        if numbers:
+            cost.add_trace(
+                go.Scatter(
+                    x=[rows[n]["cost_usd_per_million"] for n in numbers],
+                    y=[rows[n]["accuracy"] for n in numbers],
+                    mode="lines+markers" if name == "cost frontier" else "markers",
+                    line=dict(shape="hv", dash="dot", color="#1f77b4"),
+                    name=name,
+                    marker=style,
+                    text=[text(n) for n in numbers],
+                    hovertemplate="%{text}<br>USD per million=%{x:.4g}<extra></extra>",
+                )
+            )
+    cost.update_layout(
+        title=f"{COST_FRONTIER_TITLE}: accuracy vs cost_usd_per_million",
+        xaxis=dict(title="cost_usd_per_million", type="log"),
+        yaxis_title="accuracy",
+        height=460,
+    )
+    return [speed, cost]
+
+
 def _parallel_figure(study: optuna.Study, names: list[str]) -> go.Figure | None:
     import plotly.graph_objects as go
     from optuna.trial import TrialState
@@ -126,7 +238,18 @@ def _parallel_figure(study: optuna.Study, names: list[str]) -> go.Figure | None:
     if not trials:
         return None
     dims = []
-    for key in ["precision", "prune_method", "prune_ratio", "distill_method", "distill_epochs"]:
+    for key in [
+        "deploy_backend",
+        "deploy_batch_size",
+        "deploy_threads",
+        "precision",
+        "torch_cpu_precision",
+        "torch_gpu_precision",
+        "prune_method",
+        "prune_ratio",
+        "distill_method",
+        "distill_epochs",
+    ]:
         values = [t.params.get(key) for t in trials]
         if all(v is None for v in values):
             continue
@@ -154,7 +277,7 @@ def _table(data: dict[str, Any]) -> str:
     names = [o["name"] for o in data["objectives"]]
     head = "".join(
         f"<th>{html.escape(h)}</th>"
-        for h in ["#", "configuration", *names, "ratio to baseline [95% CI]*", "verdict*", "notes"]
+        for h in ["#", "configuration", "deployment", *names, "ratio to baseline [95% CI]*", "verdict*", "notes"]
     )
     rows = []
     for t in data["trials"]:
@@ -167,6 +290,7 @@ def _table(data: dict[str, Any]) -> str:
         cells = [
             str(t["number"]),
             html.escape(t.get("label") or ""),
+            html.escape(_deployment_label(t["deployment"])) if t.get("deployment") else "-",
             *[f"{t['values'][n]:.4g}" for n in names],
             ratio,
             verdict,
@@ -182,7 +306,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
 
     names = objective_names(study)
     data = frontier(study)
-    figures = [_pareto_figure(study, names)]
+    figures = [_pareto_figure(study, names), *_speed_cost_figures(study)]
     ref = reference_point(study)
     if ref is not None:
         with warnings.catch_warnings():

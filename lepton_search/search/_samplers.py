@@ -4,6 +4,11 @@ Options are checked against a strict model per sampler (unknown options are erro
 The seed is not an option: it is derived per run from the study seed and the number of trials
 already in the study, because Optuna does not persist sampler state and a resumed study with a
 fixed seed re-proposes its first configurations (optuna issue 3255).
+
+``bruteforce`` (Optuna's ``BruteForceSampler``: every configuration once, in a seeded random order)
+needs a finite space: :func:`continuous_params` finds the parameters that would make it infinite,
+and :class:`AskTellBruteForceSampler` reports exhaustion through ``exhausted`` instead of calling
+``study.stop()``, which only works inside ``study.optimize`` (the driver uses ask-and-tell).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -19,6 +24,10 @@ from lepton_search.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
     import optuna
+
+
+class SamplerSpaceError(ConfigError):
+    """The sampler cannot search this space (``bruteforce`` met a continuous parameter)."""
 
 
 class _Options(BaseModel):
@@ -63,6 +72,14 @@ class QMCOptions(_Options):
     scramble: bool = True
 
 
+class BruteForceOptions(_Options):
+    # Optuna's default. False treats configurations being evaluated as tried: no proposal repeats a
+    # trial in flight, and the sampler reports exhaustion when the last ones are in flight, which
+    # the driver lets finish (optuna issue 5780 is about study.optimize stopping them). True also
+    # proposes configurations in flight (repeats, which the driver serves without counting).
+    avoid_premature_stop: bool = False
+
+
 def _tpe(o: TPEOptions, seed: int) -> optuna.samplers.BaseSampler:
     import optuna
 
@@ -105,6 +122,54 @@ def _qmc(o: QMCOptions, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.QMCSampler(seed=seed, **o.model_dump())
 
 
+def _bruteforce(o: BruteForceOptions, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _ask_tell_bruteforce_class()(seed=seed, **o.model_dump())
+
+
+_BRUTEFORCE_CLASS: type | None = None
+
+
+def _ask_tell_bruteforce_class() -> type:
+    """:class:`AskTellBruteForceSampler`, defined on first use so that importing this module does not
+    import Optuna (study files are validated without it)."""
+    global _BRUTEFORCE_CLASS
+    if _BRUTEFORCE_CLASS is None:
+        import optuna
+
+        class AskTellBruteForceSampler(optuna.samplers.BruteForceSampler):
+            """``BruteForceSampler`` for ask-and-tell.
+
+            When every configuration has been tried, Optuna's sampler calls ``study.stop()`` from
+            ``after_trial``; outside ``study.optimize`` that raises ``RuntimeError`` from
+            ``study.tell``. This one sets ``exhausted`` instead, for the driver to stop. A
+            continuous parameter is a :class:`ConfigError` that names it.
+            """
+
+            exhausted: bool = False
+
+            def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+                if isinstance(param_distribution, optuna.distributions.FloatDistribution):
+                    if param_distribution.step is None:
+                        raise SamplerSpaceError(bruteforce_space_message({param_name: _describe(param_distribution)}))
+                return super().sample_independent(study, trial, param_name, param_distribution)
+
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                try:
+                    super().after_trial(study, trial, state, values)
+                except RuntimeError as e:
+                    # The only RuntimeError here is the stop request made outside an optimize loop.
+                    if "Study.stop" not in str(e) or getattr(study._thread_local, "in_optimize_loop", False):
+                        raise
+                    self.exhausted = True
+
+        _BRUTEFORCE_CLASS = AskTellBruteForceSampler
+    return _BRUTEFORCE_CLASS
+
+
 _SAMPLERS: dict[str, tuple[type[_Options], Callable[[Any, int], Any]]] = {
     "tpe": (TPEOptions, _tpe),
     "random": (RandomOptions, _random),
@@ -112,7 +177,11 @@ _SAMPLERS: dict[str, tuple[type[_Options], Callable[[Any, int], Any]]] = {
     "nsga3": (NSGAIIOptions, _nsga3),
     "gp": (GPOptions, _gp),
     "qmc": (QMCOptions, _qmc),
+    "bruteforce": (BruteForceOptions, _bruteforce),
 }
+
+# Samplers that enumerate the space and so need every parameter to be discrete.
+FINITE_SPACE_SAMPLERS = frozenset({"bruteforce"})
 
 
 def known_samplers() -> list[str]:
@@ -148,6 +217,92 @@ def validate_sampler_options(name: str, options: dict[str, Any]) -> _Options:
             else:
                 problems.append(f"{key} = {item.get('input')!r}: {message}")
         raise ConfigError(f"Sampler {name!r}: " + "; ".join(problems)) from None
+
+
+def _range_text(low: float, high: float, log: bool) -> str:
+    return f"a float from {low:g} to {high:g}" + (" (log scale)" if log else "")
+
+
+def _describe(distribution: Any) -> str:
+    return _range_text(distribution.low, distribution.high, distribution.log)
+
+
+def bruteforce_space_message(continuous: dict[str, str]) -> str:
+    names = ", ".join(f"{name!r} ({what})" for name, what in continuous.items())
+    return (
+        "Sampler 'bruteforce' tries every configuration once, so every parameter must be discrete, but the "
+        f"space has continuous parameters: {names}. Give each a single value (low = high) or a step where the "
+        "space has one (e.g. pruning ratio_step), or choose another sampler (e.g. [sampler] name = 'tpe')."
+    )
+
+
+class _SuggestFn(Protocol):
+    def __call__(self, trial: Any) -> Any: ...
+
+
+class _ProbeTrial:
+    """A stand-in for an Optuna trial that follows a given path of categorical choices, takes the low
+    end of every numeric range, and records the numeric ranges that have no step."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path = path
+        self.chosen: list[int] = []
+        self.widths: list[int] = []
+        self.continuous: dict[str, str] = {}
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        choices = list(choices)
+        index = self.path[len(self.chosen)] if len(self.chosen) < len(self.path) else 0
+        self.chosen.append(index)
+        self.widths.append(len(choices))
+        return choices[index]
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        if step is None and low < high:
+            self.continuous[name] = _range_text(low, high, log)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return low
+
+
+def continuous_params(suggest: _SuggestFn, *, max_branches: int = 20000) -> dict[str, str]:
+    """The continuous parameters (floats without a step) that the define-by-run ``suggest`` can ask
+    for, found by walking every combination of its categorical choices (up to ``max_branches`` of
+    them; numeric parameters take their lowest value, which does not change which ones are asked).
+
+    Errors that ``suggest`` raises for a combination (e.g. an invalid configuration) are ignored:
+    the parameters it asked for before raising are still seen.
+    """
+    found: dict[str, str] = {}
+    path: list[int] = []
+    for _ in range(max_branches):
+        probe = _ProbeTrial(path)
+        try:
+            suggest(probe)
+        except Exception:  # an invalid combination: what it asked for so far still counts
+            pass
+        found.update(probe.continuous)
+        # The next combination: advance the deepest choice that has an alternative left.
+        depth = len(probe.chosen) - 1
+        while depth >= 0 and probe.chosen[depth] + 1 >= probe.widths[depth]:
+            depth -= 1
+        if depth < 0:
+            break
+        path = [*probe.chosen[:depth], probe.chosen[depth] + 1]
+    return found
+
+
+def check_sampler_space(name: str, suggest: _SuggestFn) -> None:
+    """Raises ConfigError when sampler ``name`` cannot search the space that ``suggest`` defines
+    (``bruteforce`` needs every parameter to be discrete)."""
+    if name not in FINITE_SPACE_SAMPLERS:
+        return
+    continuous = continuous_params(suggest)
+    if continuous:
+        raise SamplerSpaceError(bruteforce_space_message(continuous))
 
 
 def run_seed(study_seed: int, trials_so_far: int) -> int:

@@ -103,12 +103,24 @@ class SamplerSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    """``[budget]``: how many trials, for how long, how many at once."""
+    """``[budget]``: how many trials, for how long, how many at once.
 
-    n_trials: int | None = Field(default=20, ge=1)
+    ``n_trials`` counts evaluations: distinct configurations of the study. A proposal that repeats a
+    configuration the study already evaluated is served from the result cache, told to the sampler,
+    marked ``duplicate_of``, and not counted; after ``max_repeats`` such proposals in a row the run
+    stops, because the sampler has nothing new to propose.
+    """
+
+    n_trials: int | None = Field(default=20, ge=1, description="Evaluations (distinct configurations) to hold.")
     timeout_s: float | None = Field(default=None, gt=0)
     workers: int = Field(default=2, ge=1, le=1024)
     trial_timeout_s: float = Field(default=600.0, gt=0)
+    max_repeats: int = Field(
+        default=100,
+        ge=1,
+        le=100000,
+        description="Consecutive proposals of already-evaluated configurations after which the run stops.",
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> BudgetSpec:
@@ -129,10 +141,29 @@ class MeasurementSpec(_Strict):
     min_iterations: int = Field(default=30, ge=3)
     min_session_s: float = Field(default=0.3, ge=0)
     bootstrap_resamples: int = Field(default=1000, ge=100, le=100000)
-    noise_band: float = Field(default=0.05, ge=0, lt=1)
+    noise_band: float | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "The verdict's noise band: a fraction such as 0.05, or 'auto' to calibrate it by A/A runs of "
+            "the baseline on each device at the start of every run (calibration_runs of them)."
+        ),
+    )
+    calibration_runs: int = Field(default=5, ge=2, le=50, description="A/A runs when noise_band = 'auto'.")
     remeasure_sessions: int = Field(
         default=5, ge=0, le=100, description="Sessions when re-measuring the frontier at the end of a run; 0 skips it."
     )
+
+    @field_validator("noise_band", mode="before")
+    @classmethod
+    def _noise_band(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(
+                f"must be 'auto' (calibrated by A/A runs on each device) or a fraction in [0, 1) such as 0.05, "
+                f"got {v!r}"
+            )
+        return float(v)
 
     @field_validator("backend")
     @classmethod
@@ -183,7 +214,13 @@ class NightlySpec(_Strict):
 
 
 def _default_objectives() -> list[ObjectiveSpec]:
-    return [ObjectiveSpec(name="accuracy"), ObjectiveSpec(name="latency_ms")]
+    # Cost is proportional to latency while the deployment is fixed; with deployment knobs in the
+    # space (batch size, threads, backend) the two differ, and the frontier shows the trade-off.
+    return [
+        ObjectiveSpec(name="accuracy"),
+        ObjectiveSpec(name="latency_ms"),
+        ObjectiveSpec(name="cost_usd_per_million"),
+    ]
 
 
 class StudySpec(_Strict):
@@ -209,6 +246,36 @@ class StudySpec(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"objectives list a name twice: {names}")
         return v
+
+    @model_validator(mode="after")
+    def _torch_measurement_backend(self) -> StudySpec:
+        from lepton_search.spaces._config import torch_precisions
+
+        backend = self.measurement.backend
+        if self.space.deployment.backend is None and torch_precisions(backend) is not None:
+            raise ValueError(
+                f"measurement.backend = {backend!r} measures torch.export programs, which run only the precisions "
+                f"{list(torch_precisions(backend) or ())} (no ONNX Runtime int8); set [space.deployment] "
+                f"backend = [{backend!r}] so the space offers only those (chosen from "
+                "space.deployment.torch_precision)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pruning_backends(self) -> StudySpec:
+        # 2:4 sparsity is only faster where sparse kernels exist; a trial's backend is the searched
+        # deployment backend when there is one, else the measurement backend.
+        for backend in self.space.deployment.backend or [self.measurement.backend]:
+            try:
+                self.space.pruning.check_backend(backend)
+            except ConfigError as e:
+                raise ValueError(str(e)) from e
+        return self
+
+    @property
+    def backends(self) -> list[str]:
+        """Every latency backend a trial of this study can be measured on."""
+        return sorted({self.measurement.backend, *(self.space.deployment.backend or [])})
 
     @property
     def objective_names(self) -> list[str]:

@@ -5,11 +5,13 @@ This package knows nothing of Ray, storage or how a config is applied.
 
 from lepton_search.spaces._config import (
     CompressionConfig,
+    DeploymentConfig,
     DistillConfig,
     PruneConfig,
     QuantizeConfig,
 )
 from lepton_search.spaces._space import (
+    DeploymentSpace,
     DistillationSpace,
     PruningSpace,
     QuantizationSpace,
@@ -18,6 +20,8 @@ from lepton_search.spaces._space import (
 
 __all__ = [
     "CompressionConfig",
+    "DeploymentConfig",
+    "DeploymentSpace",
     "DistillConfig",
     "DistillationSpace",
     "PruneConfig",

@@ -16,16 +16,33 @@ from typing import Any, ClassVar, Literal
 
 from lepton_search.errors import ConfigError
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 Int8Mode = Literal["dynamic", "static"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
-PruneMethod = Literal["none", "unstructured", "channel"]
+Granularity = Literal["per_channel", "per_tensor"]
+PruneMethod = Literal["none", "unstructured", "channel", "depth", "2:4"]
+ChannelImportance = Literal["activation", "l1", "l2", "taylor"]
+PruneScope = Literal["uniform", "global"]
 DistillMethod = Literal["none", "soft", "hard"]
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "int4")
+#: Precisions that ONNX Runtime's quantization tools produce; only these take ``fp32_fraction``.
+QUANTIZED_PRECISIONS: tuple[str, ...] = ("int8", "int4")
 INT8_MODES: tuple[str, ...] = ("dynamic", "static")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
-PRUNE_METHODS: tuple[str, ...] = ("none", "unstructured", "channel")
+GRANULARITIES: tuple[str, ...] = ("per_channel", "per_tensor")
+#: Block sizes of ONNX Runtime's MatMulNBits (a power of two, at least 16).
+INT4_BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
+#: Rows per calibration batch: static int8 calibrates on ``calibration_batches`` x this many samples.
+CALIBRATION_BATCH_SIZE = 64
+PRUNE_METHODS: tuple[str, ...] = ("none", "unstructured", "channel", "depth", "2:4")
+CHANNEL_IMPORTANCES: tuple[str, ...] = ("activation", "l1", "l2", "taylor")
+PRUNE_SCOPES: tuple[str, ...] = ("uniform", "global")
+# 2:4 semi-structured sparsity has kernels only on NVIDIA GPUs of compute capability 8.0 or newer,
+# reached through torch (torch.sparse.to_sparse_semi_structured); every other backend runs the
+# zeroed weights at dense cost.
+SEMI_STRUCTURED_BACKENDS: tuple[str, ...] = ("torch-cuda",)
+SEMI_STRUCTURED_RATIO = 0.5
 DISTILL_METHODS: tuple[str, ...] = ("none", "soft", "hard")
 MAX_PRUNE_RATIO = 0.9
 
@@ -72,30 +89,73 @@ class QuantizeConfig:
 
     ``int8`` runs through ONNX Runtime's quantization tools: ``dynamic`` quantizes only MatMul and
     Gemm (linear) layers, because dynamic int8 convolutions run several times *slower* than fp32 on
-    CPUs (see the space documentation); ``static`` inserts QDQ pairs calibrated on
-    ``calibration_batches`` training batches with ``calibration_method``.
+    CPUs (see the space documentation); ``static`` inserts QDQ pairs calibrated with
+    ``calibration_method`` on ``calibration_batches`` batches of :data:`CALIBRATION_BATCH_SIZE` (64)
+    training rows, that is ``calibration_batches x 64`` calibration samples (fewer when the training
+    split holds fewer; the trial then notes how many it used). ``granularity`` is the int8 weight
+    scale: one per output channel (``per_channel``; ``None``, the default, means the same, so configs
+    written before the knob existed keep their JSON and hash) or one per tensor (``per_tensor``).
+
+    ``int4`` is weight-only: ONNX Runtime's block-quantized ``MatMulNBits`` replaces each MatMul
+    (and each Gemm with constant weights) by 4-bit weights with one scale per ``int4_block_size``
+    consecutive weights, symmetric (``int4_symmetric``) or with a zero point per block; activations
+    stay float. Convolutions stay fp32.
+
+    ``bf16`` runs only on the torch backends (the module cast to bfloat16); the ONNX quantization
+    path refuses it.
+
+    ``fp32_fraction`` (int8 and int4 only; ``None``: off) turns on per-layer mixed precision: that
+    fraction of the quantizable layers, the most sensitive first, stays fp32 (sensitivity is
+    measured once per task and quantization mode, see ``objectives/_sensitivity.py``).
     """
 
     precision: Precision = "fp32"
     int8_mode: Int8Mode | None = None
     calibration_method: CalibrationMethod | None = None
     calibration_batches: int | None = None
+    granularity: Granularity | None = None
+    int4_block_size: int | None = None
+    int4_symmetric: bool | None = None
+    fp32_fraction: float | None = None
+
+    _INT8_KEYS: ClassVar[tuple[str, ...]] = ("int8_mode", "calibration_method", "calibration_batches", "granularity")
+    _INT4_KEYS: ClassVar[tuple[str, ...]] = ("int4_block_size", "int4_symmetric")
 
     def __post_init__(self) -> None:
         _check_choice("quantization.precision", self.precision, PRECISIONS)
-        if self.precision != "int8":
-            extra = _set_keys(self, ("int8_mode", "calibration_method", "calibration_batches"))
+        if self.precision not in QUANTIZED_PRECISIONS:
+            extra = _set_keys(self, (*self._INT8_KEYS, *self._INT4_KEYS, "fp32_fraction"))
             _require(
                 not extra,
-                f"quantization.precision = {self.precision!r} takes no int8 settings, got {', '.join(extra)}; "
-                "remove them (they apply only with precision = 'int8').",
+                f"quantization.precision = {self.precision!r} takes no int8 or int4 settings, got {', '.join(extra)}; "
+                "remove them (int8_mode, calibration and granularity apply only with precision = 'int8', "
+                "int4_block_size and int4_symmetric only with precision = 'int4', fp32_fraction with either).",
             )
             return
+        if self.fp32_fraction is not None:
+            fraction = _check_number("quantization.fp32_fraction", self.fp32_fraction)
+            _require(
+                0.0 <= fraction < 1.0,
+                f"quantization.fp32_fraction = {self.fp32_fraction!r} must be in [0, 1): the fraction of quantizable "
+                "layers kept in fp32 (1 would quantize nothing; use precision = 'fp32' for that).",
+            )
+            _set_float(self, "fp32_fraction", fraction)
+        if self.precision == "int4":
+            self._check_int4()
+            return
+        extra = _set_keys(self, self._INT4_KEYS)
+        _require(
+            not extra,
+            f"quantization.precision = 'int8' takes no {', '.join(extra)}; remove them (they apply only with "
+            "precision = 'int4').",
+        )
         _require(
             self.int8_mode is not None,
             f"quantization.precision = 'int8' needs int8_mode; use one of {list(INT8_MODES)}.",
         )
         _check_choice("quantization.int8_mode", self.int8_mode, INT8_MODES)
+        if self.granularity is not None:
+            _check_choice("quantization.granularity", self.granularity, GRANULARITIES)
         if self.int8_mode == "dynamic":
             extra = _set_keys(self, ("calibration_method", "calibration_batches"))
             _require(
@@ -115,6 +175,29 @@ class QuantizeConfig:
             f"quantization.calibration_batches = {self.calibration_batches!r} must be an integer >= 1.",
         )
 
+    def _check_int4(self) -> None:
+        extra = _set_keys(self, self._INT8_KEYS)
+        _require(
+            not extra,
+            f"quantization.precision = 'int4' is weight-only (block-wise scales, no calibration) and takes no "
+            f"{', '.join(extra)}; remove them (they apply only with precision = 'int8').",
+        )
+        _require(
+            _is_integer(self.int4_block_size) and self.int4_block_size in INT4_BLOCK_SIZES,
+            f"quantization.int4_block_size = {self.int4_block_size!r} is not allowed with precision = 'int4'; use "
+            f"one of {list(INT4_BLOCK_SIZES)} (weights per scale).",
+        )
+        _require(
+            isinstance(self.int4_symmetric, bool),
+            f"quantization.int4_symmetric = {self.int4_symmetric!r} must be true (scales only) or false (a zero "
+            "point per block) with precision = 'int4'.",
+        )
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether int8 weights get one scale per output channel (the default) or one per tensor."""
+        return self.granularity != "per_tensor"
+
 
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
@@ -122,16 +205,42 @@ class PruneConfig:
 
     ``channel`` physically removes output channels (torch-pruning), so the exported graph is
     smaller and faster. ``unstructured`` zeroes the smallest-magnitude weights: dense kernels run
-    them at the same speed, so it only shrinks the compressed size of the model file.
+    them at the same speed, so it only shrinks the compressed size of the model file. ``depth``
+    removes whole blocks (transformer layers, residual blocks; the task names them) from the graph,
+    the least important first; ``ratio`` is the fraction of blocks dropped. ``2:4`` zeroes two of
+    every four consecutive weights of each fitting linear layer (ratio fixed at 0.5): only the
+    ``torch-cuda`` backend on an NVIDIA GPU of compute capability 8.0 or newer runs it faster
+    (:meth:`check_backend`).
+
+    Channel pruning only: ``importance`` ranks channels (None: the default, activation on
+    calibration batches for transformers' heads and feed-forward neurons, L1 weight magnitude
+    otherwise; ``l1``/``l2`` weight magnitude; ``activation``; ``taylor``, first-order Taylor
+    expansion of the task loss, from gradients on training batches). ``scope`` ``global`` ranks all
+    layers' channels together, so layers lose different fractions; None or ``uniform`` removes
+    ``ratio`` of every layer's channels.
     """
 
     method: PruneMethod = "none"
     ratio: float = 0.0
+    importance: ChannelImportance | None = None
+    scope: PruneScope | None = None
 
     def __post_init__(self) -> None:
         _check_choice("pruning.method", self.method, PRUNE_METHODS)
         ratio = _check_number("pruning.ratio", self.ratio)
         _set_float(self, "ratio", ratio)
+        if self.method != "channel":
+            extra = _set_keys(self, ("importance", "scope"))
+            _require(
+                not extra,
+                f"pruning.method = {self.method!r} takes no {', '.join(extra)}; remove them "
+                "(they apply only with method = 'channel').",
+            )
+        else:
+            if self.importance is not None:
+                _check_choice("pruning.importance", self.importance, CHANNEL_IMPORTANCES)
+            if self.scope is not None:
+                _check_choice("pruning.scope", self.scope, PRUNE_SCOPES)
         if self.method == "none":
             _require(
                 ratio == 0.0,
@@ -139,9 +248,31 @@ class PruneConfig:
                 "ratio or set it to 0.",
             )
             return
+        if self.method == "2:4":
+            _require(
+                ratio in (0.0, SEMI_STRUCTURED_RATIO),
+                f"pruning.ratio = {self.ratio!r} is not allowed with pruning.method = '2:4', which always zeroes "
+                f"2 of every 4 weights; remove the ratio (it is {SEMI_STRUCTURED_RATIO}).",
+            )
+            _set_float(self, "ratio", SEMI_STRUCTURED_RATIO)
+            return
         _require(
             0.0 < self.ratio <= MAX_PRUNE_RATIO,
             f"pruning.ratio = {self.ratio!r} is out of range; use a value in (0, {MAX_PRUNE_RATIO}].",
+        )
+
+    def check_backend(self, backend: str) -> None:
+        """Raises :class:`ConfigError` when ``backend`` cannot run this pruning faster than dense.
+
+        Only ``2:4`` has such a requirement: its kernels exist only in torch on NVIDIA GPUs of compute
+        capability 8.0 or newer (the ``torch-cuda`` backend).
+        """
+        _require(
+            self.method != "2:4" or backend in SEMI_STRUCTURED_BACKENDS,
+            f"pruning.method = '2:4' needs a backend with 2:4 semi-structured sparse kernels, got backend "
+            f"{backend!r}; allowed: {list(SEMI_STRUCTURED_BACKENDS)} (NVIDIA GPU, compute capability 8.0 or newer). "
+            "Measure with one of them, or remove '2:4' from space.pruning.method: other backends run the zeroed "
+            "weights at dense cost.",
         )
 
 
@@ -150,7 +281,10 @@ class DistillConfig:
     """Fine-tuning of the compressed student from the uncompressed teacher.
 
     ``soft`` minimises ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)``;
-    ``hard`` trains on the teacher's argmax labels.
+    ``hard`` trains on the teacher's argmax labels. ``hidden_weight`` (in [0, 1]; None: off) adds
+    that times a loss between the student's and the teacher's intermediate representations (the
+    layers the task names; a depth-pruned student's kept layers are matched to the teacher layers
+    they came from).
     """
 
     method: DistillMethod = "none"
@@ -158,14 +292,23 @@ class DistillConfig:
     alpha: float | None = None
     epochs: int = 0
     learning_rate: float = 1e-3
+    hidden_weight: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("distillation.method", self.method, DISTILL_METHODS)
+        if self.hidden_weight is not None:
+            hidden_weight = _check_number("distillation.hidden_weight", self.hidden_weight)
+            _require(
+                0.0 <= hidden_weight <= 1.0,
+                f"distillation.hidden_weight = {self.hidden_weight!r} must be in [0, 1] (or left out: no "
+                "hidden-state loss).",
+            )
+            _set_float(self, "hidden_weight", hidden_weight)
         learning_rate = _check_number("distillation.learning_rate", self.learning_rate)
         _require(learning_rate > 0, f"distillation.learning_rate = {self.learning_rate!r} must be > 0.")
         _set_float(self, "learning_rate", learning_rate)
         if self.method == "none":
-            extra = _set_keys(self, ("temperature", "alpha"))
+            extra = _set_keys(self, ("temperature", "alpha", "hidden_weight"))
             if not (_is_integer(self.epochs) and self.epochs == 0):
                 extra.append(f"epochs = {self.epochs!r}")
             _require(
@@ -196,15 +339,105 @@ class DistillConfig:
         _set_float(self, "alpha", alpha)
 
 
+#: Precisions a torch backend runs, by device class: the module is cast to the dtype (a wrapper
+#: casts float inputs in and outputs back to fp32). bf16 runs on the CPU for real; fp16 only on GPUs
+#: (CPUs emulate most fp16 kernels, slower than fp32). int8/int4 are ONNX Runtime quantizations and
+#: run only on ONNX backends.
+TORCH_PRECISIONS: dict[str, tuple[str, ...]] = {"cpu": ("fp32", "bf16"), "gpu": ("fp32", "fp16", "bf16")}
+MAX_DEPLOY_BATCH_SIZE = 65536
+MAX_DEPLOY_THREADS = 512
+
+
+def backend_traits(backend: str) -> tuple[str, str]:
+    """``(model_format, device_class)`` of the registered latency backend ``backend``.
+
+    Raises:
+        ConfigError: ``backend`` is not a registered latency backend.
+    """
+    # Imported here: the registry lives in ``objectives`` (which imports this module); looking a
+    # backend up imports no torch or ONNX Runtime.
+    from lepton_search.objectives._latency import _registry
+
+    registry = _registry()
+    _require(
+        backend in registry,
+        f"deployment.backend = {backend!r} is not a registered latency backend; use one of {sorted(registry)}.",
+    )
+    cls = registry[backend]
+    return cls.model_format, cls.device_class
+
+
+def torch_precisions(backend: str) -> tuple[str, ...] | None:
+    """The precisions ``backend`` runs if it is a torch backend; ``None`` for ONNX backends (which
+    run every :class:`QuantizeConfig`)."""
+    model_format, device_class = backend_traits(backend)
+    if model_format != "torch-export":
+        return None
+    return TORCH_PRECISIONS.get(device_class, TORCH_PRECISIONS["cpu"])
+
+
+def check_backend_precision(backend: str, quantization: QuantizeConfig) -> None:
+    """Raises :class:`ConfigError` when ``backend`` cannot run ``quantization``."""
+    allowed = torch_precisions(backend)
+    if allowed is None or quantization.precision in allowed:
+        return
+    raise ConfigError(
+        f"quantization.precision = {quantization.precision!r} cannot run on backend {backend!r}: torch backends run "
+        f"the module cast to one of {list(allowed)} (int8/int4 quantization is done by ONNX Runtime, and fp16 runs "
+        "on GPUs only). Choose one of those precisions, or an onnxruntime-* backend."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentConfig:
+    """Where and how the compressed model is served; ``None`` means the study's ``[measurement]`` value.
+
+    ``backend`` is a registered latency backend (``onnxruntime-cpu``, ``torch-cpu``, ...): ONNX
+    backends run the quantized ONNX file, torch backends a ``torch.export`` program of the module
+    cast to the config's precision. ``batch_size`` is the requests per run, ``threads`` the
+    intra-op threads (a CPU deployment is priced per thread).
+    """
+
+    backend: str | None = None
+    batch_size: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend is not None:
+            _require(
+                isinstance(self.backend, str),
+                f"deployment.backend = {self.backend!r} must be a backend name (a string).",
+            )
+            backend_traits(self.backend)
+        for name, high in (("batch_size", MAX_DEPLOY_BATCH_SIZE), ("threads", MAX_DEPLOY_THREADS)):
+            value = getattr(self, name)
+            _require(
+                value is None or (_is_integer(value) and 1 <= value <= high),
+                f"deployment.{name} = {value!r} must be an integer in [1, {high}] (or left out to use the "
+                f"study's [measurement] {name}).",
+            )
+
+    @property
+    def is_default(self) -> bool:
+        """True when every field defers to the study's ``[measurement]`` settings."""
+        return self == DeploymentConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class CompressionConfig:
-    """Everything one trial applies to the teacher, in pipeline order: prune, distill, quantize."""
+    """Everything one trial applies to the teacher, in pipeline order: prune, distill, quantize,
+    and the deployment it is measured at (default: the study's ``[measurement]`` settings)."""
 
     SCHEMA_VERSION: ClassVar[int] = 1
 
     quantization: QuantizeConfig = dataclasses.field(default_factory=QuantizeConfig)
     pruning: PruneConfig = dataclasses.field(default_factory=PruneConfig)
     distillation: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    deployment: DeploymentConfig = dataclasses.field(default_factory=DeploymentConfig)
+
+    def __post_init__(self) -> None:
+        if self.deployment.backend is not None:
+            check_backend_precision(self.deployment.backend, self.quantization)
 
     @property
     def is_baseline(self) -> bool:
@@ -212,11 +445,18 @@ class CompressionConfig:
         return self == CompressionConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain nested dict of the fields, with ``None`` values left out."""
-        return {
+        """The plain nested dict of the fields, with ``None`` values left out.
+
+        A deployment with every field ``None`` is left out entirely, so configs without deployment
+        knobs keep the JSON (and hash) they had before the section existed.
+        """
+        data = {
             section.name: {k: v for k, v in dataclasses.asdict(getattr(self, section.name)).items() if v is not None}
             for section in dataclasses.fields(self)
         }
+        if not data["deployment"]:
+            del data["deployment"]
+        return data
 
     def to_json(self) -> str:
         """Versioned JSON: ``{"_type": ..., "_version": ..., "_data": {...}}``, keys sorted."""
@@ -231,7 +471,12 @@ class CompressionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
         """Builds a config from :meth:`to_dict` output, rejecting unknown sections and keys."""
-        sections = {"quantization": QuantizeConfig, "pruning": PruneConfig, "distillation": DistillConfig}
+        sections = {
+            "quantization": QuantizeConfig,
+            "pruning": PruneConfig,
+            "distillation": DistillConfig,
+            "deployment": DeploymentConfig,
+        }
         _require(isinstance(data, dict), f"Config data must be an object of sections, got {data!r}.")
         unknown = set(data) - set(sections)
         _require(not unknown, f"Unknown config sections {sorted(map(str, unknown))}; allowed: {list(sections)}.")
@@ -282,11 +527,38 @@ class CompressionConfig:
         label = q.precision
         if q.precision == "int8":
             label += f"-{q.int8_mode}"
-            if q.int8_mode == "static":
-                label += f"({q.calibration_method})"
+            knobs = [str(q.calibration_method)] if q.int8_mode == "static" else []
+            if not q.per_channel:
+                knobs.append("per-tensor")
+            if knobs:
+                label += f"({', '.join(knobs)})"
+        elif q.precision == "int4":
+            label += f"(block {q.int4_block_size}, {'sym' if q.int4_symmetric else 'asym'})"
+        if q.fp32_fraction is not None:
+            label += f" mixed({q.fp32_fraction:.0%} layers fp32)"
         parts = [label]
-        if self.pruning.method != "none":
-            parts.append(f"{self.pruning.method} {self.pruning.ratio:.0%}")
+        pr = self.pruning
+        if pr.method == "2:4":
+            parts.append("2:4 sparse")
+        elif pr.method == "depth":
+            parts.append(f"depth -{pr.ratio:.0%} blocks")
+        elif pr.method != "none":
+            knobs = ", ".join(k for k in (pr.importance, pr.scope) if k is not None)
+            parts.append(f"{pr.method} {pr.ratio:.0%}" + (f" ({knobs})" if knobs else ""))
         if self.distillation.method != "none":
-            parts.append(f"{self.distillation.method} KD x{self.distillation.epochs}")
-        return " + ".join(parts)
+            kd = f"{self.distillation.method} KD x{self.distillation.epochs}"
+            if self.distillation.hidden_weight is not None:
+                kd += f" +hidden {self.distillation.hidden_weight:g}"
+            parts.append(kd)
+        label = " + ".join(parts)
+        d = self.deployment
+        where = [
+            text
+            for value, text in (
+                (d.backend, d.backend),
+                (d.batch_size, f"batch {d.batch_size}"),
+                (d.threads, f"{d.threads} thread{'s' if d.threads != 1 else ''}"),
+            )
+            if value is not None
+        ]
+        return f"{label} @ {', '.join(where)}" if where else label

@@ -13,21 +13,31 @@ static QDQ int8 is the mode for convolutional models.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lepton_search.errors import ConfigError
 from lepton_search.spaces._config import (
+    INT4_BLOCK_SIZES,
+    MAX_DEPLOY_BATCH_SIZE,
+    MAX_DEPLOY_THREADS,
     MAX_PRUNE_RATIO,
     CalibrationMethod,
+    ChannelImportance,
     CompressionConfig,
+    DeploymentConfig,
     DistillConfig,
     DistillMethod,
+    Granularity,
     Int8Mode,
     Precision,
     PruneConfig,
     PruneMethod,
+    PruneScope,
     QuantizeConfig,
+    backend_traits,
+    torch_precisions,
 )
 
 
@@ -57,7 +67,22 @@ class _Section(BaseModel):
 
 
 class QuantizationSpace(_Section):
-    """Precision choices; int8 settings apply only when ``int8`` is among them."""
+    """Precision choices; each precision's settings are asked only when that precision is drawn.
+
+    - ``int8``: ``int8_mode``; static mode adds ``calibration_method`` and ``calibration_batches``
+      (batches of 64 training rows: the calibration size is ``calibration_batches x 64`` samples).
+      ``granularity`` (param ``int8_granularity``), when given, searches the int8 weight scales per
+      output channel or per tensor; left out, int8 is per channel (per-tensor int8 cost MiniLM about
+      4% cosine, ``shared/notes/latency.md`` section 5).
+    - ``int4``: weight-only MatMulNBits, with ``int4_block_size`` and ``int4_symmetric`` (both always
+      asked for int4). It quantizes linear (MatMul/Gemm) weights only; convolutions stay fp32.
+    - ``fp32_fraction`` ([low, high] within [0, 1), step ``fp32_fraction_step``), when given, turns on
+      per-layer mixed precision for int8 and int4: that fraction of the quantizable layers, the most
+      sensitive first (measured once per study, ``objectives/_sensitivity.py``), stays fp32.
+    - ``bf16`` runs on the torch backends only, so it is refused here (the torch backends take their
+      precision from ``[space.deployment] torch_precision``); ``fp16`` runs slower than fp32 on CPUs
+      and is not offered by default.
+    """
 
     precision: list[Precision] = Field(
         default_factory=lambda: ["fp32", "int8"],
@@ -65,12 +90,23 @@ class QuantizationSpace(_Section):
     )
     int8_mode: list[Int8Mode] = Field(default_factory=lambda: ["static"])
     calibration_method: list[CalibrationMethod] = Field(default_factory=lambda: ["minmax", "percentile"])
-    calibration_batches: Annotated[tuple[int, int], Field(description="[low, high] batch count")] = (2, 8)
+    calibration_batches: Annotated[
+        tuple[int, int], Field(description="[low, high] count of 64-row calibration batches")
+    ] = (2, 8)
+    granularity: list[Granularity] | None = Field(
+        default=None, description="int8 weight scales: per_channel and/or per_tensor (None: per channel, not searched)"
+    )
+    int4_block_size: list[int] = Field(default_factory=lambda: [32], description="MatMulNBits block sizes to try")
+    int4_symmetric: list[bool] = Field(default_factory=lambda: [True], description="int4 without / with zero points")
+    fp32_fraction: tuple[float, float] | None = Field(
+        default=None, description="[low, high] within [0, 1): fraction of the most sensitive layers kept fp32"
+    )
+    fp32_fraction_step: float = Field(default=0.05, gt=0, le=0.5)
 
-    @field_validator("precision", "int8_mode", "calibration_method")
+    @field_validator("precision", "int8_mode", "calibration_method", "granularity", "int4_block_size", "int4_symmetric")
     @classmethod
-    def _choices(cls, v: list[Any], info: Any) -> list[Any]:
-        return _non_empty_unique(v, f"quantization.{info.field_name}")
+    def _choices(cls, v: list[Any] | None, info: Any) -> list[Any] | None:
+        return None if v is None else _non_empty_unique(v, f"quantization.{info.field_name}")
 
     @field_validator("calibration_batches")
     @classmethod
@@ -79,24 +115,78 @@ class QuantizationSpace(_Section):
             raise ValueError(f"must be [low, high] with 1 <= low <= high, got {list(v)}")
         return v
 
+    @field_validator("precision")
+    @classmethod
+    def _no_bf16(cls, v: list[Any]) -> list[Any]:
+        if "bf16" in v:
+            raise ValueError(
+                f"quantization.precision = {v} lists 'bf16', which runs only on the torch-* backends, not through "
+                "ONNX Runtime's quantization; remove it here and list it in [space.deployment] torch_precision with "
+                "backend torch-cpu or torch-cuda (or choose fp16/int8/int4 for ONNX Runtime)"
+            )
+        return v
+
+    @field_validator("int4_block_size")
+    @classmethod
+    def _block_sizes(cls, v: list[int]) -> list[int]:
+        wrong = [b for b in v if b not in INT4_BLOCK_SIZES]
+        if wrong:
+            raise ValueError(f"int4 block sizes {wrong} are not allowed; use some of {list(INT4_BLOCK_SIZES)}")
+        return v
+
+    @field_validator("fp32_fraction")
+    @classmethod
+    def _fraction(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] <= v[1] < 1.0:
+            raise ValueError(f"fp32_fraction must be [low, high] with 0 <= low <= high < 1, got {list(v)}")
+        return v
+
     def suggest(self, trial: TrialLike) -> QuantizeConfig:
         precision = trial.suggest_categorical("precision", self.precision)
-        if precision != "int8":
+        if precision not in ("int8", "int4"):
             return QuantizeConfig(precision=precision)
+        fraction = None
+        if self.fp32_fraction is not None:
+            low, high = self.fp32_fraction
+            fraction = round(trial.suggest_float("fp32_fraction", low, high, step=self.fp32_fraction_step), 6)
+        if precision == "int4":
+            return QuantizeConfig(
+                precision="int4",
+                int4_block_size=trial.suggest_categorical("int4_block_size", self.int4_block_size),
+                int4_symmetric=trial.suggest_categorical("int4_symmetric", self.int4_symmetric),
+                fp32_fraction=fraction,
+            )
         mode = trial.suggest_categorical("int8_mode", self.int8_mode)
+        granularity = (
+            None if self.granularity is None else trial.suggest_categorical("int8_granularity", self.granularity)
+        )
         if mode != "static":
-            return QuantizeConfig(precision="int8", int8_mode=mode)
+            return QuantizeConfig(precision="int8", int8_mode=mode, granularity=granularity, fp32_fraction=fraction)
         return QuantizeConfig(
             precision="int8",
             int8_mode="static",
             calibration_method=trial.suggest_categorical("calibration_method", self.calibration_method),
             calibration_batches=trial.suggest_int("calibration_batches", *self.calibration_batches),
+            granularity=granularity,
+            fp32_fraction=fraction,
         )
 
     def contains(self, config: QuantizeConfig) -> bool:
         checks = [config.precision in self.precision]
+        if config.precision in ("int8", "int4"):
+            fraction, offered = config.fp32_fraction, self.fp32_fraction
+            checks.append(
+                (fraction is None) == (offered is None)
+                and (offered is None or offered[0] - 1e-9 <= fraction <= offered[1] + 1e-9)  # type: ignore[operator]
+            )
+        if config.precision == "int4":
+            checks += [config.int4_block_size in self.int4_block_size, config.int4_symmetric in self.int4_symmetric]
         if config.precision == "int8":
-            checks.append(config.int8_mode in self.int8_mode)
+            checks += [
+                config.int8_mode in self.int8_mode,
+                (config.granularity is None) == (self.granularity is None)
+                and (self.granularity is None or config.granularity in self.granularity),
+            ]
             if config.int8_mode == "static":
                 checks += [
                     config.calibration_method in self.calibration_method,
@@ -107,8 +197,15 @@ class QuantizationSpace(_Section):
     @staticmethod
     def params_of(config: QuantizeConfig) -> dict[str, Any]:
         params: dict[str, Any] = {"precision": config.precision}
+        if config.fp32_fraction is not None:
+            params["fp32_fraction"] = config.fp32_fraction
+        if config.precision == "int4":
+            params["int4_block_size"] = config.int4_block_size
+            params["int4_symmetric"] = config.int4_symmetric
         if config.precision == "int8":
             params["int8_mode"] = config.int8_mode
+            if config.granularity is not None:
+                params["int8_granularity"] = config.granularity
             if config.int8_mode == "static":
                 params["calibration_method"] = config.calibration_method
                 params["calibration_batches"] = config.calibration_batches
@@ -116,16 +213,34 @@ class QuantizationSpace(_Section):
 
 
 class PruningSpace(_Section):
-    """Pruning methods and the ratio range (at most 0.9)."""
+    """Pruning methods and the ratio range (at most 0.9).
+
+    ``depth`` drops that fraction of the task's blocks (transformer layers, residual blocks), so
+    it needs a task that names them (``Task.depth_blocks``). ``2:4`` takes no ratio and runs faster
+    only on the ``torch-cuda`` backend (:meth:`check_backend`). ``importance`` and ``scope`` are
+    searched for ``channel`` pruning only when listed; left out, channel pruning keeps its default
+    (activation importance for transformers, L1 magnitude otherwise; a uniform ratio per layer).
+    """
 
     method: list[PruneMethod] = Field(default_factory=lambda: ["none", "unstructured", "channel"])
     ratio: tuple[float, float] = Field(default=(0.1, 0.75), description="[low, high] in (0, 0.9]")
     ratio_step: float = Field(default=0.05, gt=0, le=0.5)
+    importance: list[ChannelImportance] | None = Field(
+        default=None, description="Channel importances to try: activation, l1, l2, taylor (None: the default)."
+    )
+    scope: list[PruneScope] | None = Field(
+        default=None, description="uniform (every layer loses the ratio) and/or global (ranked across layers)."
+    )
 
     @field_validator("method")
     @classmethod
     def _choices(cls, v: list[Any]) -> list[Any]:
         return _non_empty_unique(v, "pruning.method")
+
+    @field_validator("importance", "scope")
+    @classmethod
+    def _optional_choices(cls, v: list[Any] | None, info: Any) -> list[Any] | None:
+        return None if v is None else _non_empty_unique(v, f"pruning.{info.field_name}")
 
     @field_validator("ratio")
     @classmethod
@@ -137,34 +252,67 @@ class PruningSpace(_Section):
             )
         return v
 
+    def check_backend(self, backend: str) -> None:
+        """Raises :class:`ConfigError` when a listed method cannot run faster on ``backend``
+        (``2:4`` needs ``torch-cuda``); call it for every backend a study measures on."""
+        if "2:4" in self.method:
+            PruneConfig(method="2:4").check_backend(backend)
+
     def suggest(self, trial: TrialLike) -> PruneConfig:
         method = trial.suggest_categorical("prune_method", self.method)
         if method == "none":
             return PruneConfig()
+        if method == "2:4":
+            return PruneConfig(method="2:4")
         ratio = trial.suggest_float("prune_ratio", self.ratio[0], self.ratio[1], step=self.ratio_step)
-        return PruneConfig(method=method, ratio=round(ratio, 6))
+        if method != "channel":
+            return PruneConfig(method=method, ratio=round(ratio, 6))
+        importance = None if self.importance is None else trial.suggest_categorical("prune_importance", self.importance)
+        scope = None if self.scope is None else trial.suggest_categorical("prune_scope", self.scope)
+        return PruneConfig(method=method, ratio=round(ratio, 6), importance=importance, scope=scope)
 
     def contains(self, config: PruneConfig) -> bool:
         if config.method not in self.method:
             return False
-        return config.method == "none" or self.ratio[0] - 1e-9 <= config.ratio <= self.ratio[1] + 1e-9
+        if config.method in ("none", "2:4"):
+            return True
+        if not self.ratio[0] - 1e-9 <= config.ratio <= self.ratio[1] + 1e-9:
+            return False
+        if config.method != "channel":
+            return True
+        for offered, value in ((self.importance, config.importance), (self.scope, config.scope)):
+            if (value is None) != (offered is None) or (offered is not None and value not in offered):
+                return False
+        return True
 
     @staticmethod
     def params_of(config: PruneConfig) -> dict[str, Any]:
         params: dict[str, Any] = {"prune_method": config.method}
-        if config.method != "none":
+        if config.method not in ("none", "2:4"):
             params["prune_ratio"] = config.ratio
+        if config.importance is not None:
+            params["prune_importance"] = config.importance
+        if config.scope is not None:
+            params["prune_scope"] = config.scope
         return params
 
 
 class DistillationSpace(_Section):
-    """Distillation methods and their ranges; temperature is searched on a log scale."""
+    """Distillation methods and their ranges; temperature is searched on a log scale.
+
+    ``hidden_weight`` ([low, high] within [0, 1]) searches hidden-state distillation's weight when
+    given; left out, no hidden-state loss is used. It needs a task that names its hidden layers
+    (``Task.hidden_layers``).
+    """
 
     method: list[DistillMethod] = Field(default_factory=lambda: ["none", "soft", "hard"])
     temperature: tuple[float, float] = (1.0, 20.0)
     alpha: tuple[float, float] = (0.0, 1.0)
     epochs: tuple[int, int] = (1, 6)
     learning_rate: float = Field(default=1e-3, gt=0)
+    hidden_weight: tuple[float, float] | None = Field(
+        default=None, description="[low, high] within [0, 1]: weight of the hidden-state loss (None: off)"
+    )
 
     @field_validator("method")
     @classmethod
@@ -185,6 +333,13 @@ class DistillationSpace(_Section):
             raise ValueError(f"alpha must be [low, high] within [0, 1], got {list(v)}")
         return v
 
+    @field_validator("hidden_weight")
+    @classmethod
+    def _hidden_weight(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError(f"hidden_weight must be [low, high] within [0, 1], got {list(v)}")
+        return v
+
     @field_validator("epochs")
     @classmethod
     def _epochs(cls, v: tuple[int, int]) -> tuple[int, int]:
@@ -198,14 +353,24 @@ class DistillationSpace(_Section):
             return DistillConfig()
         epochs = trial.suggest_int("distill_epochs", *self.epochs)
         if kd == "hard":
-            return DistillConfig(method="hard", epochs=epochs, learning_rate=self.learning_rate)
+            return DistillConfig(
+                method="hard", epochs=epochs, learning_rate=self.learning_rate, hidden_weight=self._hidden(trial)
+            )
+        temperature = trial.suggest_float("distill_temperature", *self.temperature, log=True)
+        alpha = trial.suggest_float("distill_alpha", *self.alpha)
         return DistillConfig(
             method="soft",
-            temperature=trial.suggest_float("distill_temperature", *self.temperature, log=True),
-            alpha=trial.suggest_float("distill_alpha", *self.alpha),
+            temperature=temperature,
+            alpha=alpha,
             epochs=epochs,
             learning_rate=self.learning_rate,
+            hidden_weight=self._hidden(trial),
         )
+
+    def _hidden(self, trial: TrialLike) -> float | None:
+        if self.hidden_weight is None:
+            return None
+        return trial.suggest_float("distill_hidden_weight", *self.hidden_weight)
 
     def contains(self, config: DistillConfig) -> bool:
         if config.method not in self.method:
@@ -213,6 +378,10 @@ class DistillationSpace(_Section):
         if config.method == "none":
             return True
         checks = [self.epochs[0] <= config.epochs <= self.epochs[1], config.learning_rate == self.learning_rate]
+        if self.hidden_weight is None or config.hidden_weight is None:
+            checks.append(self.hidden_weight is None and config.hidden_weight is None)
+        else:
+            checks.append(self.hidden_weight[0] <= config.hidden_weight <= self.hidden_weight[1])
         if config.method == "soft":
             checks += [
                 self.temperature[0] <= (config.temperature or 0) <= self.temperature[1],
@@ -228,6 +397,115 @@ class DistillationSpace(_Section):
             if config.method == "soft":
                 params["distill_temperature"] = config.temperature
                 params["distill_alpha"] = config.alpha
+            if config.hidden_weight is not None:
+                params["distill_hidden_weight"] = config.hidden_weight
+        return params
+
+
+TorchPrecision = Literal["fp32", "fp16", "bf16"]
+
+
+def torch_precision_param(backend: str) -> str:
+    """The Optuna parameter name of the precision on torch backend ``backend``.
+
+    Optuna requires one distribution per parameter name, and the precisions a torch backend runs
+    differ from the ONNX ones (and between CPU and GPU), so each backend family has its own name:
+    ``torch_cpu_precision`` or ``torch_gpu_precision``. ONNX backends use ``precision``.
+    """
+    _, device_class = backend_traits(backend)
+    return f"torch_{device_class}_precision"
+
+
+class DeploymentSpace(_Section):
+    """``[space.deployment]``: the deployment knobs searched, each a list of choices.
+
+    A knob left out is not searched: the trial is measured at the study's ``[measurement]`` value.
+    With several backends, ONNX backends take their precision (and int8 settings) from
+    ``[space.quantization]``; torch backends run the module cast to one of ``torch_precision``
+    that the backend runs (fp32 and bf16 on ``torch-cpu``; fp32, fp16 and bf16 on CUDA), searched
+    under their own parameter name (see :func:`torch_precision_param`).
+
+    Batch size and threads are what make latency and cost different objectives: a larger batch
+    takes longer per run but costs less per inference; more threads cut latency but a CPU
+    deployment pays for every thread.
+    """
+
+    backend: list[str] | None = Field(default=None, description="Registered latency backends to deploy on.")
+    batch_size: list[int] | None = Field(default=None, description="Batch sizes (requests per run).")
+    threads: list[int] | None = Field(default=None, description="Intra-op thread counts.")
+    torch_precision: list[TorchPrecision] = Field(
+        default_factory=lambda: ["fp32", "bf16", "fp16"],
+        description="Precisions for torch backends (each backend gets those it runs).",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _backends(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for name in _non_empty_unique(v, "deployment.backend"):
+            try:
+                backend_traits(name)
+            except ConfigError as e:
+                raise ValueError(str(e)) from e
+        return v
+
+    @field_validator("batch_size", "threads")
+    @classmethod
+    def _counts(cls, v: list[int] | None, info: Any) -> list[int] | None:
+        if v is None:
+            return v
+        high = MAX_DEPLOY_BATCH_SIZE if info.field_name == "batch_size" else MAX_DEPLOY_THREADS
+        _non_empty_unique(v, f"deployment.{info.field_name}")
+        bad = [x for x in v if not 1 <= x <= high]
+        if bad:
+            raise ValueError(f"deployment.{info.field_name} choices must be in [1, {high}], got {bad}")
+        return v
+
+    @field_validator("torch_precision")
+    @classmethod
+    def _precisions(cls, v: list[Any]) -> list[Any]:
+        return _non_empty_unique(v, "deployment.torch_precision")
+
+    @property
+    def searched(self) -> bool:
+        """Whether any deployment knob is searched."""
+        return any(v is not None for v in (self.backend, self.batch_size, self.threads))
+
+    def precisions_for(self, backend: str) -> list[str] | None:
+        """``torch_precision`` choices that torch backend ``backend`` runs; None for ONNX backends."""
+        allowed = torch_precisions(backend)
+        if allowed is None:
+            return None
+        return [p for p in self.torch_precision if p in allowed]
+
+    def suggest(self, trial: TrialLike) -> DeploymentConfig:
+        return DeploymentConfig(
+            backend=trial.suggest_categorical("deploy_backend", self.backend) if self.backend else None,
+            batch_size=trial.suggest_categorical("deploy_batch_size", self.batch_size) if self.batch_size else None,
+            threads=trial.suggest_categorical("deploy_threads", self.threads) if self.threads else None,
+        )
+
+    def contains(self, config: DeploymentConfig) -> bool:
+        return all(
+            (value is None) if choices is None else (value in choices)
+            for value, choices in (
+                (config.backend, self.backend),
+                (config.batch_size, self.batch_size),
+                (config.threads, self.threads),
+            )
+        )
+
+    @staticmethod
+    def params_of(config: DeploymentConfig) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, value in (
+            ("deploy_backend", config.backend),
+            ("deploy_batch_size", config.batch_size),
+            ("deploy_threads", config.threads),
+        ):
+            if value is not None:
+                params[name] = value
         return params
 
 
@@ -244,21 +522,52 @@ class SearchSpace(_Section):
     quantization: QuantizationSpace = Field(default_factory=QuantizationSpace)
     pruning: PruningSpace = Field(default_factory=PruningSpace)
     distillation: DistillationSpace = Field(default_factory=DistillationSpace)
+    deployment: DeploymentSpace = Field(default_factory=DeploymentSpace)
+
+    @model_validator(mode="after")
+    def _torch_backends_have_a_precision(self) -> SearchSpace:
+        for backend in self.deployment.backend or []:
+            choices = self.deployment.precisions_for(backend)
+            if choices is not None and not choices:
+                raise ValueError(
+                    f"space.deployment.backend lists {backend!r}, but none of space.deployment.torch_precision "
+                    f"{self.deployment.torch_precision} runs on it (it runs {list(torch_precisions(backend) or ())}); "
+                    "add one of those, or remove the backend"
+                )
+        return self
+
+    def _suggest_quantization(self, trial: TrialLike, backend: str | None) -> QuantizeConfig:
+        # The deployment is suggested first: which precisions exist depends on the backend.
+        choices = self.deployment.precisions_for(backend) if backend is not None else None
+        if choices is None:
+            return self.quantization.suggest(trial)
+        return QuantizeConfig(precision=trial.suggest_categorical(torch_precision_param(backend), choices))
 
     def suggest(self, trial: TrialLike) -> CompressionConfig:
         """Asks the trial for each applicable parameter and returns the resulting config."""
+        deployment = self.deployment.suggest(trial)
         return CompressionConfig(
-            quantization=self.quantization.suggest(trial),
+            quantization=self._suggest_quantization(trial, deployment.backend),
             pruning=self.pruning.suggest(trial),
             distillation=self.distillation.suggest(trial),
+            deployment=deployment,
         )
 
     def contains(self, config: CompressionConfig) -> bool:
         """Whether :meth:`suggest` could produce ``config`` (every value within this space)."""
-        return (
+        backend = config.deployment.backend
+        choices = self.deployment.precisions_for(backend) if backend is not None else None
+        quantization_ok = (
             self.quantization.contains(config.quantization)
+            if choices is None
+            else config.quantization == QuantizeConfig(precision=config.quantization.precision)
+            and config.quantization.precision in choices
+        )
+        return (
+            quantization_ok
             and self.pruning.contains(config.pruning)
             and self.distillation.contains(config.distillation)
+            and self.deployment.contains(config.deployment)
         )
 
     @staticmethod
@@ -267,8 +576,15 @@ class SearchSpace(_Section):
 
         Used to re-queue a trial (resume, warm start) with exactly the same configuration.
         """
+        backend = config.deployment.backend
+        quantization = (
+            {torch_precision_param(backend): config.quantization.precision}
+            if backend is not None and torch_precisions(backend) is not None
+            else QuantizationSpace.params_of(config.quantization)
+        )
         return {
-            **QuantizationSpace.params_of(config.quantization),
+            **DeploymentSpace.params_of(config.deployment),
+            **quantization,
             **PruningSpace.params_of(config.pruning),
             **DistillationSpace.params_of(config.distillation),
         }

@@ -15,6 +15,7 @@ FAST_MEASUREMENT: dict[str, Any] = {
     "min_session_s": 0.05,
     "bootstrap_resamples": 200,
     "remeasure_sessions": 3,
+    "calibration_runs": 3,
 }
 
 FAST_SPACE: dict[str, Any] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,3 +179,116 @@ def test_no_gate_is_reentrant() -> None:
     gate = NoGate()
     with gate.compute(), gate.compute(), gate.measure():
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployment knobs: the trial is measured (and priced) at its own backend, batch size and threads
+
+
+def test_deployment_settings_override_the_study_settings_field_by_field(fast_settings: MeasurementSettings) -> None:
+    from lepton_search.objectives._evaluate import deployment_settings
+    from lepton_search.spaces import DeploymentConfig
+
+    assert deployment_settings(fast_settings, DeploymentConfig()) is fast_settings
+    moved = deployment_settings(fast_settings, DeploymentConfig(batch_size=8, threads=2))
+    assert (moved.backend, moved.batch_size, moved.threads) == ("onnxruntime-cpu", 8, 2)
+    assert moved.sessions == fast_settings.sessions and moved.warmup_runs == fast_settings.warmup_runs
+    assert deployment_settings(fast_settings, DeploymentConfig(backend="torch-cpu")).backend == "torch-cpu"
+
+
+@pytest.mark.slow
+def test_evaluate_measures_and_prices_at_the_trials_deployment(
+    teacher: Any, teacher_cache: Path, fast_settings: MeasurementSettings
+) -> None:
+    from lepton_search.objectives import CostModel
+    from lepton_search.spaces import DeploymentConfig
+
+    config = CompressionConfig(deployment=DeploymentConfig(batch_size=8, threads=2))
+    request = dataclasses.replace(
+        request_for(teacher_cache, config, fast_settings, "digits-cnn", teacher.options),
+        cost=CostModel(cpu_core_usd_per_hour=0.5),
+    )
+    result = evaluate(request, NoGate())
+
+    latency = result.latency
+    assert latency["deployment"] == {"backend": "onnxruntime-cpu", "batch_size": 8, "threads": 2}
+    assert latency["device"]["threads"] == 2  # both models ran with the trial's threads
+    # The candidate and the baseline are priced alike: 2 threads at $0.5/h, per inference of a batch of 8.
+    assert latency["price_usd_per_hour"] == pytest.approx(1.0)
+    for side in ("candidate", "baseline"):
+        expected = 1.0 / 3600 * latency[side]["median_ms"] / 1000 / 8 * 1e6
+        assert latency[side]["cost_usd_per_million"] == pytest.approx(expected)
+    assert result.cost_usd_per_million == latency["candidate"]["cost_usd_per_million"]
+    assert result.model_format == "onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluate_on_torch_cpu_exports_measures_and_scores_a_torch_program(
+    teacher: Any, teacher_cache: Path, fast_settings: MeasurementSettings, precision: str
+) -> None:
+    from lepton_search.spaces import DeploymentConfig, QuantizeConfig
+
+    config = CompressionConfig(
+        quantization=QuantizeConfig(precision=precision),
+        deployment=DeploymentConfig(backend="torch-cpu", batch_size=16),
+    )
+    result = evaluate(request_for(teacher_cache, config, fast_settings, "digits-cnn", teacher.options), NoGate())
+
+    assert result.model_format == "torch-export"
+    assert result.latency["device"]["backend"] == "torch-cpu"
+    assert result.latency["deployment"]["backend"] == "torch-cpu"
+    assert result.latency["verdict"] in ("faster", "slower", "tie")
+    # Scored on the program itself: fp32 matches the teacher's ONNX export, bf16 (8 mantissa bits) stays close.
+    assert result.accuracy == pytest.approx(teacher.accuracy, abs=0.005 if precision == "fp32" else 0.03)
+    # The bytes are the measured torch.export program, cast to the precision, taking fp32 in and out.
+    path = Path(teacher_cache) / f"candidate-{precision}.pt2"
+    path.write_bytes(result.onnx_bytes)
+    program = torch.export.load(str(path))
+    dtypes = {p.dtype for p in program.state_dict.values() if p.is_floating_point()}
+    assert dtypes == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    out = program.module()(torch.from_numpy(teacher.task.example_inputs(3)))
+    assert out.shape == (3, 10) and out.dtype == torch.float32
+    # The baseline is the fp32 teacher's program, cached beside the ONNX baselines.
+    assert len(list((teacher_cache / "baselines").glob("*.pt2"))) == 1
+
+
+def test_evaluate_refuses_a_precision_the_backend_does_not_run(
+    teacher: Any, teacher_cache: Path, fast_settings: MeasurementSettings
+) -> None:
+    from lepton_search.errors import ConfigError
+    from lepton_search.spaces import DeploymentConfig, QuantizeConfig
+
+    with pytest.raises(ConfigError, match=r"'int8' cannot run on backend 'torch-cpu'.*onnxruntime"):
+        CompressionConfig(
+            quantization=QuantizeConfig(precision="int8", int8_mode="dynamic"),
+            deployment=DeploymentConfig(backend="torch-cpu"),
+        )
+    # A study measured on torch-cpu by default: the config alone cannot tell, evaluate does, up front.
+    config = CompressionConfig(quantization=QuantizeConfig(precision="int8", int8_mode="dynamic"))
+    settings = dataclasses.replace(fast_settings, backend="torch-cpu")
+    with pytest.raises(ConfigError, match=r"'int8' cannot run on backend 'torch-cpu'"):
+        evaluate(request_for(teacher_cache, config, settings, "digits-cnn", teacher.options), NoGate())
+    assert not (teacher_cache / "baselines").exists()  # nothing was exported before the refusal
+    # fp16 runs only on GPUs.
+    with pytest.raises(ConfigError, match=r"'fp16' cannot run on backend 'torch-cpu'"):
+        CompressionConfig(
+            quantization=QuantizeConfig(precision="fp16"), deployment=DeploymentConfig(backend="torch-cpu")
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_evaluate_on_torch_cuda_in_half_precision(
+    teacher: Any, teacher_cache: Path, fast_settings: MeasurementSettings, precision: str
+) -> None:
+    from lepton_search.spaces import DeploymentConfig, QuantizeConfig
+
+    config = CompressionConfig(
+        quantization=QuantizeConfig(precision=precision), deployment=DeploymentConfig(backend="torch-cuda")
+    )
+    result = evaluate(request_for(teacher_cache, config, fast_settings, "digits-cnn", teacher.options), NoGate())
+    assert result.model_format == "torch-export"
+    assert result.latency["device"]["device_class"] == "gpu"
+    assert result.accuracy > teacher.accuracy - 0.02
+    assert result.cost_usd_per_million > 0

@@ -5,6 +5,7 @@ sessions of the digits teacher and its channel-pruned copy."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import tracemalloc
 from pathlib import Path
@@ -35,6 +36,8 @@ from lepton_search.objectives._latency import (
     ResidentMemoryProbe,
     Runner,
     bootstrap_ratio_interval,
+    calibrated_noise_band,
+    noise_band_file,
     paired_t_ratio_interval,
     ratio_interval,
     time_interleaved,
@@ -481,6 +484,46 @@ def test_calibrate_noise_band_measures_the_model_against_itself(tmp_path: Path) 
 def test_calibrate_noise_band_needs_a_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 1 run"):
         calibrate_noise_band(tmp_path / "a.onnx", np.zeros(1), SYNTHETIC, runs=0, backend=SyntheticBackend({}))
+
+
+def test_calibrated_noise_band_runs_once_per_directory_and_setup(tmp_path: Path) -> None:
+    backend = SyntheticBackend({"a.onnx": 5.0}, seed=3)
+    settings = dataclasses.replace(SYNTHETIC, calibration_runs=3)
+    first = calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), settings, tmp_path / "run-1", backend)
+    opened = len(backend.opened)
+    assert opened == 3 * 2 * settings.sessions and first.runs == 3
+
+    again = calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), settings, tmp_path / "run-1", backend)
+    assert len(backend.opened) == opened  # read back, not measured again
+    assert again == first
+
+    # Another thread count, or another run of the study, calibrates afresh.
+    two_threads = dataclasses.replace(settings, threads=2)
+    calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), two_threads, tmp_path / "run-1", backend)
+    calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), settings, tmp_path / "run-2", backend)
+    assert len(backend.opened) == 3 * opened
+    assert len(list((tmp_path / "run-1").glob("*.json"))) == 2
+
+
+def test_a_damaged_calibration_file_is_measured_again(tmp_path: Path) -> None:
+    backend = SyntheticBackend({"a.onnx": 5.0}, seed=4)
+    settings = dataclasses.replace(SYNTHETIC, calibration_runs=2)
+    path = noise_band_file(tmp_path, tmp_path / "a.onnx", settings)
+    path.write_text('{"delta": ')
+    band = calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), settings, tmp_path, backend)
+    assert band.runs == 2 and backend.opened
+    assert json.loads(path.read_text())["delta"] == band.delta
+
+
+def test_calibrated_noise_band_on_a_real_model(
+    teacher: Any, fast_settings: MeasurementSettings, tmp_path: Path
+) -> None:
+    settings = dataclasses.replace(fast_settings, calibration_runs=3)
+    inputs = teacher.task.example_inputs(settings.batch_size)
+    band = calibrated_noise_band(teacher.onnx_path, inputs, settings, tmp_path)
+    # A model against itself: every A/A interval is a tie under the band it sets.
+    assert band.runs == 3 and band.ties == 3
+    assert 0.02 <= band.delta < 0.5
 
 
 def test_measure_pair_uses_an_explicit_noise_band(tmp_path: Path) -> None:

@@ -135,3 +135,44 @@ def test_teacher_is_cached_and_reloaded_with_weights_only(resnet_task: Any, tmp_
     assert not again.training
     assert torch.load(saved, weights_only=True).keys() == first.state_dict().keys()
     assert copy.deepcopy(again)(torch.from_numpy(task.example_inputs(2))).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_depth_pruned_resnet_loses_accuracy_and_distillation_recovers_it(resnet_task: Any, tmp_path: Path) -> None:
+    """Two of the three identity-shortcut blocks dropped (measured: 0.67 validation accuracy against
+    the teacher's 0.99), then three epochs of soft distillation with the hidden-state loss (0.98)."""
+    task = resnet_task.make_task(**OPTIONS)
+    cache = tmp_path / "cache"
+    teacher = task.teacher(cache)
+    with torch.no_grad():
+        teacher_accuracy = task.evaluate(lambda x: teacher(torch.from_numpy(x)).numpy())
+    settings = MeasurementSettings(
+        sessions=2, warmup_runs=3, warmup_s=0.02, min_iterations=10, min_session_s=0.05, bootstrap_resamples=200
+    )
+
+    def run(config: CompressionConfig) -> Any:
+        request = TrialRequest(
+            task="resnet_task:make_task",
+            task_options=dict(OPTIONS),
+            config_json=config.to_json(),
+            cache_dir=str(cache),
+            settings=settings,
+        )
+        return evaluate(request, NoGate())
+
+    depth = PruneConfig(method="depth", ratio=0.6)
+    pruned = run(CompressionConfig(pruning=depth))
+    distilled = run(
+        CompressionConfig(
+            pruning=depth,
+            distillation=DistillConfig(method="soft", temperature=4.0, alpha=0.7, epochs=3, hidden_weight=0.5),
+        )
+    )
+
+    full = sum(p.numel() for p in teacher.parameters())
+    sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in task.depth_blocks(teacher)}
+    two_blocks = {full - sizes[a] - sizes[b] for a in sizes for b in sizes if a < b}
+    for result in (pruned, distilled):
+        assert result.parameters in two_blocks  # exactly two whole blocks are gone
+    assert pruned.accuracy < teacher_accuracy - PRUNED_MIN_DROP
+    assert distilled.accuracy >= teacher_accuracy - DISTILLED_MAX_DROP, (teacher_accuracy, distilled.accuracy)

@@ -170,6 +170,28 @@ def test_task_defaults(helper: str) -> None:
     task.before_trial(None)  # type: ignore[arg-type]  # the default hook does nothing
 
 
+def test_depth_and_hidden_layer_hooks_default_to_none(helper: str) -> None:
+    task = resolve_task(f"{helper}:make_constant")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+    assert list(task.depth_blocks(model)) == []  # depth pruning is refused
+    assert list(task.hidden_layers(model)) == []  # hidden-state distillation is refused
+
+
+def test_digits_names_its_relu_outputs_as_hidden_layers_and_no_depth_blocks() -> None:
+    from lepton_search.objectives.tasks.digits import build_digits_cnn
+
+    task = DigitsCNNTask(**TINY)
+    model = build_digits_cnn(4)
+
+    assert [(name, type(m).__name__) for name, m in task.hidden_layers(model)] == [
+        ("2", "ReLU"),
+        ("5", "ReLU"),
+        ("9", "ReLU"),
+    ]
+    assert list(task.depth_blocks(model)) == []
+
+
 def test_calibration_inputs_come_from_the_training_split() -> None:
     task = DigitsCNNTask(**TINY)
     batches = task.calibration_inputs(3, 16)

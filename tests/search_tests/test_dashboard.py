@@ -46,7 +46,7 @@ def test_dashboard_shows_the_study_with_named_objectives_and_artifacts(served) -
     studies = _get(f"{base}/api/studies")["study_summaries"]
     [study] = [s for s in studies if s["study_name"] == "test-study"]
     detail = _get(f"{base}/api/studies/{study['study_id']}?after=0")
-    assert detail["objective_names"] == ["accuracy", "latency_ms"]
+    assert detail["objective_names"] == ["accuracy", "latency_ms", "cost_usd_per_million"]
     assert len(detail["trials"]) == 2
     trial = detail["trials"][0]
     attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}

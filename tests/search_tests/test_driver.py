@@ -13,10 +13,12 @@ from optuna.trial import TrialState
 
 from lepton_search.errors import ConfigError
 from lepton_search.search import Locations, frontier, parse_study, run_study, write_report
-from lepton_search.search._driver import open_study
+from lepton_search.search._attrs import DUPLICATE_OF
+from lepton_search.search._driver import counted_trials, open_study
+from lepton_search.search._executor import RayExecutor
 from lepton_search.search._export import export_trial
 from lepton_search.search._frontier import hypervolume
-from lepton_search.spaces import CompressionConfig, PruneConfig, SearchSpace
+from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, SearchSpace
 from lepton_search.storage import get_storage
 from lepton_search.testing import study_dict
 
@@ -34,6 +36,26 @@ def _enqueue(spec, locations, *configs: CompressionConfig) -> None:
         study.enqueue_trial(SearchSpace.params_of(config))
 
 
+class CountingExecutor(RayExecutor):
+    """The real Ray executor, counting the configurations it is asked to evaluate."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.evaluated: list[str] = []
+
+    def submit(self, request, owner: str):
+        self.evaluated.append(CompressionConfig.from_json(request.config_json).config_hash)
+        return super().submit(request, owner)
+
+
+# Two configurations only: fp32 as is, and fp32 with one epoch of hard distillation.
+TWO_CONFIGS = {
+    "quantization": {"precision": ["fp32"]},
+    "pruning": {"method": ["none"]},
+    "distillation": {"method": ["none", "hard"], "epochs": [1, 1]},
+}
+
+
 def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Path) -> None:
     spec, locations = _spec_and_locations(tmp_path, artifacts)
     _enqueue(spec, locations, CompressionConfig(pruning=PruneConfig("channel", 0.5)))
@@ -41,7 +63,7 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
 
     assert (summary.completed, summary.failed) == (4, 0)
     study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
-    assert study.metric_names == ["accuracy", "latency_ms"]
+    assert study.metric_names == ["accuracy", "latency_ms", "cost_usd_per_million"]  # the default objectives
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4
     for trial in trials:
@@ -65,6 +87,7 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
     assert data["objectives"] == [
         {"name": "accuracy", "direction": "maximize"},
         {"name": "latency_ms", "direction": "minimize"},
+        {"name": "cost_usd_per_million", "direction": "minimize"},
     ]
     assert data["baseline"]["values"]["accuracy"] > 0.8
     assert data["baseline"]["latency"]["median_ms"] > 0
@@ -75,7 +98,7 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
     assert history["history"][-1][1] == pytest.approx(hypervolume(study, history["reference_point"]))
     assert history["reference_point"][0] == pytest.approx(data["baseline"]["values"]["accuracy"] - 0.05)
     for entry in data["trials"]:
-        assert set(entry["values"]) == {"accuracy", "latency_ms"}
+        assert set(entry["values"]) == {"accuracy", "latency_ms", "cost_usd_per_million"}
         assert entry["latency"]["ratio_to_baseline"] > 0
         assert len(entry["latency"]["ci_ms"]) == 2
         again = entry["latency"]["remeasured"]
@@ -104,7 +127,8 @@ def test_rerun_continues_the_same_study(tmp_path: Path, artifacts: Path) -> None
     summary = run_study(spec, locations=locations, n_trials=3)
     assert summary.completed + summary.failed == 1
     study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
-    assert len(study.trials) == 3
+    assert counted_trials(study) == 3
+    assert len(study.trials) == 3 + summary.duplicates
     for number, values in before.items():
         assert study.trials[number].values == values
 
@@ -156,7 +180,7 @@ def test_faults_become_failed_trials_and_the_study_goes_on(
     )
     good = CompressionConfig()
     bad = CompressionConfig(pruning=PruneConfig("channel", 0.5))
-    _enqueue(spec, locations, bad, good, good)
+    _enqueue(spec, locations, bad, good, CompressionConfig(distillation=DistillConfig(method="hard", epochs=1)))
 
     summary = run_study(spec, locations=locations)
     study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
@@ -176,25 +200,89 @@ def test_changing_objectives_of_an_existing_study_is_an_error(tmp_path: Path, ar
 
 
 def test_duplicate_configurations_are_served_from_the_cache(tmp_path: Path, artifacts: Path) -> None:
-    spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 3, "workers": 1})
+    """Evaluations are counted at the executor: a repeated configuration is never evaluated again, is
+    served from the cache (at once, or when its evaluation in flight finishes), and is not counted."""
+    spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 3, "workers": 2})
     pruned = CompressionConfig(pruning=PruneConfig("channel", 0.5))
-    _enqueue(spec, locations, pruned, pruned, CompressionConfig())
-    summary = run_study(spec, locations=locations)
-    assert (summary.completed, summary.cached) == (3, 1)
+    # Trial 1 repeats trial 0 while it is still being evaluated (2 workers); trial 3 repeats it again.
+    _enqueue(spec, locations, pruned, pruned, CompressionConfig(), pruned)
+    executor = CountingExecutor(workers=2)
+    summary = run_study(spec, locations=locations, executor=executor)
+
     study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
-    first, second, _ = study.trials
-    assert second.user_attrs["cached_from"] == {"study": "test-study", "trial": 0}
-    assert second.values == first.values
-    assert second.user_attrs["latency"] == first.user_attrs["latency"]
+    repeats = [t for t in study.trials if DUPLICATE_OF in t.user_attrs]
+    assert len(executor.evaluated) == len(set(executor.evaluated)) == 3  # the budget: 3 evaluations
+    assert counted_trials(study) == 3 and summary.completed == 3
+    assert summary.duplicates == len(repeats) >= 2 and len(study.trials) == 3 + len(repeats)
+    first = study.trials[0]
+    for repeat in (study.trials[1], study.trials[3]):
+        assert repeat.user_attrs[DUPLICATE_OF] == 0
+        assert repeat.state == TrialState.COMPLETE
+        assert repeat.user_attrs["cached_from"] == {"study": "test-study", "trial": 0}
+        assert repeat.values == first.values
+        assert repeat.user_attrs["latency"] == first.user_attrs["latency"]
+        assert repeat.user_attrs["artifact_id"] == first.user_attrs["artifact_id"]  # no copy of the model
+    assert {t.user_attrs["config_hash"] for t in repeats} <= set(executor.evaluated)
+    # The frontier lists each configuration once, by the trial that evaluated it.
+    listed = [entry["number"] for entry in frontier(study)["trials"]]
+    assert not {t.number for t in repeats} & set(listed)
 
     # Another study in the same storage is served too: nothing is compressed or measured again.
     other = parse_study(study_dict(tmp_path, artifacts, study={"name": "other-study"}, budget={"n_trials": 2}))
     _enqueue(other, locations, pruned, CompressionConfig())
-    summary = run_study(other, locations=locations)
-    assert (summary.completed, summary.cached) == (2, 2)
+    executor = CountingExecutor(workers=2)
+    summary = run_study(other, locations=locations, executor=executor)
+    assert (summary.completed, summary.cached, summary.duplicates) == (2, 2, 0)
+    assert executor.evaluated == []
     reread = optuna.load_study(study_name="other-study", storage=locations.storage_url)
     assert [t.user_attrs["cached_from"]["study"] for t in reread.trials] == ["test-study", "test-study"]
     assert export_trial(other, locations, 0, tmp_path / "out")[0].stat().st_size > 0
+
+
+def test_a_sampler_with_nothing_new_to_propose_stops_the_run(tmp_path: Path, artifacts: Path) -> None:
+    """bruteforce says when it has tried every configuration; any other sampler is stopped after
+    [budget].max_repeats repeated proposals in a row. Either way the budget is not filled with repeats."""
+    spec, locations = _spec_and_locations(
+        tmp_path,
+        artifacts,
+        space=TWO_CONFIGS,
+        sampler={"name": "bruteforce"},
+        budget={"n_trials": 5},
+        measurement={"remeasure_sessions": 0},
+    )
+    summary = run_study(spec, locations=locations)
+    assert summary.stopped == "the sampler has proposed every configuration of the space"
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    assert counted_trials(study) == summary.completed == 2
+    assert len({t.user_attrs["config_hash"] for t in study.trials}) == 2
+
+    other = parse_study(
+        study_dict(
+            tmp_path,
+            artifacts,
+            study={"name": "random-study"},
+            space=TWO_CONFIGS,
+            budget={"n_trials": 5, "max_repeats": 3},
+            measurement={"remeasure_sessions": 0},
+        )
+    )
+    executor = CountingExecutor(workers=2)
+    summary = run_study(other, locations=locations, executor=executor)
+    assert "3 times in a row ([budget].max_repeats = 3)" in summary.stopped
+    assert executor.evaluated == []  # both configurations came from the first study's cache
+    study = optuna.load_study(study_name="random-study", storage=locations.storage_url)
+    assert counted_trials(study) == 2 and summary.duplicates >= 3
+    assert all(DUPLICATE_OF in t.user_attrs for t in study.trials[-3:])
+
+
+def test_bruteforce_on_a_continuous_space_is_refused_before_anything_is_written(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    soft = {"distillation": {"method": ["none", "soft"], "epochs": [1, 1]}}  # temperature: 1-20, log scale
+    spec, locations = _spec_and_locations(tmp_path, artifacts, space=soft, sampler={"name": "bruteforce"})
+    with pytest.raises(ConfigError, match="'distill_temperature' \\(a float from 1 to 20 \\(log scale\\)\\)"):
+        run_study(spec, locations=locations)
+    assert not (tmp_path / "study.db").exists()
 
 
 def test_a_gpu_backend_on_a_cluster_without_gpus_is_refused_not_left_pending(ray_session: None) -> None:

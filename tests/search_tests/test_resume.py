@@ -81,8 +81,11 @@ def test_interrupted_run_continues_where_it_stopped(tmp_path: Path, artifacts: P
     after = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
     for number, values in before.items():
         assert after[number] == values, "a trial completed before the interrupt changed or vanished"
-    counted = [t for t in study.trials if not t.user_attrs.get("requeued")]
+    # The budget counts evaluations: neither re-queued trials nor repeated proposals served from the cache.
+    counted = [t for t in study.trials if not t.user_attrs.get("requeued") and "duplicate_of" not in t.user_attrs]
     assert len(counted) == 6
+    evaluated = [t.user_attrs["config_hash"] for t in counted if t.state == TrialState.COMPLETE]
+    assert len(evaluated) == len(set(evaluated)), "a configuration was evaluated twice across the resume"
     assert all(t.state.is_finished() for t in study.trials)
     for trial in study.trials:
         if trial.user_attrs.get("requeued"):

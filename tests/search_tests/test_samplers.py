@@ -8,8 +8,16 @@ import optuna
 import pytest
 
 from lepton_search.errors import ConfigError, UnknownNameError
-from lepton_search.search._samplers import create_sampler, known_samplers, run_seed, validate_sampler_options
+from lepton_search.search._samplers import (
+    check_sampler_space,
+    continuous_params,
+    create_sampler,
+    known_samplers,
+    run_seed,
+    validate_sampler_options,
+)
 from lepton_search.spaces import SearchSpace
+from lepton_search.testing.studies import FAST_SPACE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -20,6 +28,7 @@ EXPECTED_CLASSES = {
     "nsga3": optuna.samplers.NSGAIIISampler,
     "gp": optuna.samplers.GPSampler,
     "qmc": optuna.samplers.QMCSampler,
+    "bruteforce": optuna.samplers.BruteForceSampler,
 }
 ALLOWED_OPTIONS = {
     "tpe": ["n_startup_trials", "n_ei_candidates", "multivariate", "group", "constant_liar"],
@@ -28,13 +37,21 @@ ALLOWED_OPTIONS = {
     "nsga3": ["population_size", "crossover_prob", "swapping_prob"],
     "gp": ["n_startup_trials", "deterministic_objective"],
     "qmc": ["qmc_type", "scramble"],
+    "bruteforce": ["avoid_premature_stop"],
 }
+# 18 configurations, every parameter discrete: a space bruteforce can enumerate.
+DISCRETE_SPACE = SearchSpace.model_validate(FAST_SPACE)
 
 
-def _run(sampler: optuna.samplers.BaseSampler, n: int = 4) -> list[dict]:
-    """Runs ``n`` trials of the default search space on a two-objective study; returns the params."""
+def _space_for(name: str) -> SearchSpace:
+    return DISCRETE_SPACE if name == "bruteforce" else SearchSpace()
+
+
+def _run(sampler: optuna.samplers.BaseSampler, n: int = 4, space: SearchSpace | None = None) -> list[dict]:
+    """Runs ``n`` trials of ``space`` (default: the default search space) on a two-objective study;
+    returns the params."""
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    space = SearchSpace()
+    space = space or SearchSpace()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for _ in range(n):
@@ -53,19 +70,22 @@ def test_each_name_builds_a_working_optuna_sampler(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = create_sampler(name, {}, seed=7)
-    assert type(sampler) is EXPECTED_CLASSES[name]
+    # bruteforce is a subclass that reports exhaustion instead of calling study.stop() (ask-and-tell).
+    assert type(sampler) is EXPECTED_CLASSES[name] or (
+        name == "bruteforce" and type(sampler).__bases__[0] is EXPECTED_CLASSES[name]
+    )
     assert isinstance(sampler, optuna.samplers.BaseSampler)
-    params = _run(sampler)
+    params = _run(sampler, space=_space_for(name))
     assert len(params) == 4
     assert all("precision" in p for p in params)
 
 
-@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "nsga2"])
+@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "nsga2", "bruteforce"])
 def test_same_seed_same_proposals_different_seed_different(name: str) -> None:
     def proposals(seed: int) -> list[dict]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _run(create_sampler(name, {}, seed=seed), n=6)
+            return _run(create_sampler(name, {}, seed=seed), n=6, space=_space_for(name))
 
     assert proposals(1) == proposals(1)
     assert proposals(1) != proposals(2)
@@ -100,7 +120,7 @@ def test_tpe_group_without_multivariate_is_a_config_error() -> None:
 def test_unknown_sampler_lists_the_known_ones() -> None:
     with pytest.raises(UnknownNameError) as info:
         create_sampler("cmaes", {}, seed=0)
-    assert str(info.value) == "Unknown sampler 'cmaes'. Known samplers: gp, nsga2, nsga3, qmc, random, tpe."
+    assert str(info.value) == "Unknown sampler 'cmaes'. Known samplers: bruteforce, gp, nsga2, nsga3, qmc, random, tpe."
     assert info.value.known == sorted(EXPECTED_CLASSES)
     assert isinstance(info.value, ConfigError)
 
@@ -163,7 +183,7 @@ def test_run_seed_is_accepted_by_every_sampler() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for name in known_samplers():
-            assert len(_run(create_sampler(name, {}, seed=seed), n=2)) == 2
+            assert len(_run(create_sampler(name, {}, seed=seed), n=2, space=_space_for(name))) == 2
 
 
 def test_tpe_defaults_are_the_benchmarked_ones() -> None:
@@ -176,3 +196,73 @@ def test_tpe_defaults_are_the_benchmarked_ones() -> None:
     assert sampler._multivariate is True
     assert sampler._group is True
     assert sampler._constant_liar is True
+
+
+def test_bruteforce_proposes_every_configuration_once_then_says_it_is_exhausted() -> None:
+    """Under ask-and-tell (the driver's loop), Optuna's BruteForceSampler would raise RuntimeError from
+    ``study.tell`` once the space is exhausted; the registry's sets ``exhausted`` instead."""
+    sampler = create_sampler("bruteforce", {}, seed=3)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    hashes = []
+    for n in range(18):
+        assert not sampler.exhausted, f"exhausted after {n} of 18 configurations"
+        trial = study.ask()
+        config = DISCRETE_SPACE.suggest(trial)
+        hashes.append(config.config_hash)
+        study.tell(trial, [1.0, 1.0])
+    assert len(set(hashes)) == 18
+    assert sampler.exhausted
+
+
+def test_continuous_params_are_found_on_every_branch() -> None:
+    # temperature and alpha are asked only for soft distillation, the last of three choices.
+    found = continuous_params(SearchSpace().suggest)
+    assert set(found) == {"distill_temperature", "distill_alpha"}
+    assert found["distill_temperature"] == "a float from 1 to 20 (log scale)"
+    assert continuous_params(DISCRETE_SPACE.suggest) == {}
+    only_hard = SearchSpace.model_validate({"distillation": {"method": ["none", "hard"]}})
+    assert "distill_temperature" not in continuous_params(only_hard.suggest)
+    pinned = SearchSpace.model_validate(
+        {"distillation": {"method": ["soft"], "temperature": [4, 4], "alpha": [0.5, 0.5]}}
+    )
+    assert not {"distill_temperature", "distill_alpha"} & set(continuous_params(pinned.suggest))
+
+
+def test_bruteforce_on_a_continuous_space_is_a_config_error_that_names_the_parameters() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_sampler_space("bruteforce", SearchSpace().suggest)
+    message = str(info.value)
+    assert "Sampler 'bruteforce' tries every configuration once" in message
+    assert "'distill_temperature' (a float from 1 to 20 (log scale))" in message
+    assert "'distill_alpha' (a float from 0 to 1)" in message
+    assert "or choose another sampler" in message
+    check_sampler_space("bruteforce", DISCRETE_SPACE.suggest)  # discrete: fine
+    check_sampler_space("tpe", SearchSpace().suggest)  # other samplers search continuous spaces
+    # The sampler itself refuses too, should a continuous parameter reach it.
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=create_sampler("bruteforce", {}, seed=0))
+    trial = study.ask()
+    with pytest.raises(ConfigError, match="'x' \\(a float from 0 to 1\\)"):
+        trial.suggest_float("x", 0.0, 1.0)
+
+
+def test_a_resumed_run_does_not_replay_the_first_runs_proposals() -> None:
+    """The issue's resume check at the sampler level: the driver seeds each run with
+    ``run_seed(study seed, trials so far)``, so a resumed study proposes new configurations; a fixed
+    seed (optuna issue 3255) would propose the first run's again."""
+
+    def run(study: optuna.Study, seed: int, n: int) -> list[str]:
+        study.sampler = create_sampler("random", {}, seed=seed)
+        hashes = []
+        for _ in range(n):
+            trial = study.ask()
+            config = SearchSpace().suggest(trial)
+            hashes.append(config.config_hash)
+            study.tell(trial, [1.0, 1.0])
+        return hashes
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    first = run(study, run_seed(0, 0), 5)
+    resumed = run(study, run_seed(0, len(study.trials)), 5)
+    assert not set(first) & set(resumed)
+    replayed = run(optuna.create_study(directions=["maximize", "minimize"]), run_seed(0, 0), 5)
+    assert replayed == first  # what a fixed seed does: the check above can fail

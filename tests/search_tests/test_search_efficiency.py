@@ -85,7 +85,11 @@ def test_igd_plus_by_hand(table: Any) -> None:
     assert se.igd_plus([], frontier) == math.inf
 
 
-def test_hv_curve_counts_duplicates_as_trials_and_trials_to_95(table: Any) -> None:
+def _sampler(name: str, seed: int) -> Any:
+    return se.make_sampler(name, {}, seed)[0]
+
+
+def test_hv_curve_and_trials_to_95(table: Any) -> None:
     frontier = se.grid_frontier(table)
     keys = ["q5", "p0.3", "p0.3", "q6", "p0.1", "p0.5", "none"]
     curve = se.hv_curve(table, keys, frontier)
@@ -96,22 +100,56 @@ def test_hv_curve_counts_duplicates_as_trials_and_trials_to_95(table: Any) -> No
     assert se.trials_to(curve, 0.95) == 6
     assert se.trials_to(curve, 0.8) == 5
     assert se.trials_to(curve[:5], 0.95) is None
-    metrics = se.run_metrics(table, se.Run("x", 0, keys, 0.0), frontier, [3, 7])
+    metrics = se.run_metrics(table, se.Run("x", 0, keys, 0.0, proposals=[1, 2, 3, 5, 6, 8, 9]), frontier, [3, 7])
     # Normalised, q5 sits at (0.125, 0.9375): nearer than p0.3 to p0.1 (0, 0.75), by
     # sqrt(0.125^2 + 0.1875^2); p0.3 is 0.375 from p0.5 and 0 from itself.
     igd = (math.hypot(0.125, 0.1875) + 0.375 + 0.0) / 3
     assert metrics[3]["hv_ratio"] == pytest.approx(0.26 / GRID_HV) and metrics[3]["unique"] == 2
     assert metrics[3]["igd_plus"] == pytest.approx(igd)
-    assert metrics[3]["hv_ratio_at_unique"] == pytest.approx(0.26 / GRID_HV)  # 3rd distinct config: trial 4
+    assert (metrics[3]["proposals"], metrics[7]["proposals"]) == (3, 9)
     assert metrics[7]["unique"] == 6 and metrics[7]["hv_ratio"] == pytest.approx(1.0)
-    assert metrics[7]["hv_ratio_at_unique"] is None  # never 7 distinct configurations
     assert metrics["trials_to_95"] == 6
+    # A replay that stopped before the budget keeps its last value.
+    assert se.run_metrics(table, se.Run("x", 0, keys[:2], 0.0, proposals=[1, 2]), frontier, [3])[3]["hv_ratio"] == (
+        pytest.approx(0.26 / GRID_HV)
+    )
 
 
-def test_exhaustive_sampler_enumerates_every_config_once_then_goes_on(table: Any) -> None:
-    run = se.replay(table, se.exhaustive_sampler(seed=3), 14)
-    assert sorted(run.keys[:12]) == sorted(VALUES)  # each of the 12 exactly once
-    assert len(run.study.trials) == 14  # no RuntimeError from tell once the space is exhausted
+def test_replay_counts_evaluations_as_the_driver_does(table: Any) -> None:
+    """Repeats of an evaluated configuration are told its values but not counted; a failed one is
+    evaluated (and counted) again, as the driver does."""
+    run = se.replay(table, _sampler("random", 5), 11)
+    trials = run.study.trials
+    assert len(run.keys) == 11 and len(trials) == run.proposals[-1] > 11  # random repeats on 12 configs
+    successful = [k for k in run.keys if VALUES[k] is not None]
+    assert len(successful) == len(set(successful))
+    first_told: dict[str, Any] = {}
+    for trial in trials:
+        key = _suggest(optuna.trial.FixedTrial(trial.params))
+        if key in first_told:  # a repeat: told the same values as the first time
+            assert trial.values == first_told[key]
+        elif trial.state == optuna.trial.TrialState.COMPLETE:
+            first_told[key] = trial.values
+    # Counting every proposal instead: the keys are the proposals, repeats included.
+    by_trials = se.replay(table, _sampler("random", 5), 11, count="trials")
+    assert len(by_trials.keys) == len(by_trials.study.trials) == 11
+    assert len(set(by_trials.keys)) < 11
+
+
+def test_replay_stops_after_max_repeats_in_a_row() -> None:
+    values = {**VALUES, "q6": (0.5, 1.0)}  # no failures: nothing is evaluated twice
+    table = se.Table(values=values, suggest=_suggest, reference=(0.9, 10.0), baseline_accuracy=1.0, tolerance=0.1)
+    run = se.replay(table, _sampler("random", 0), 100, max_repeats=3)
+    assert run.stopped == "repeats"
+    assert len(run.keys) == len(set(run.keys)) <= 12
+    assert len(run.study.trials) - run.proposals[-1] == 3  # the three repeats in a row after the last evaluation
+
+
+def test_bruteforce_enumerates_every_config_once_then_stops(table: Any) -> None:
+    run = se.replay(table, _sampler("bruteforce", 3), 14)
+    assert sorted(run.keys) == sorted(VALUES)  # each of the 12 exactly once
+    # No RuntimeError from tell once the space is exhausted: the sampler says so, and the replay stops.
+    assert run.stopped == "exhausted" and len(run.study.trials) == 12
     frontier = se.grid_frontier(table)
     curve = se.hv_curve(table, run.keys, frontier)
     assert curve[11] == pytest.approx(1.0)
@@ -128,7 +166,7 @@ def test_replay_agrees_with_the_projects_hypervolume(table: Any) -> None:
     """All configurations tried: the project's own study hypervolume equals the grid's."""
     from lepton_search.search._frontier import hypervolume as study_hypervolume
 
-    run = se.replay(table, se.exhaustive_sampler(seed=0), 12)
+    run = se.replay(table, _sampler("bruteforce", 0), 12)
     assert study_hypervolume(run.study, list(table.reference)) == pytest.approx(GRID_HV)
     # Feasible and non-dominated: the hand frontier plus the baseline (most accurate; on the box edge).
     best = sorted(tuple(t.values) for t in run.study.best_trials)
@@ -147,7 +185,7 @@ def test_exhaustive_sampler_enumerates_the_measured_grid_once() -> None:
         baseline_accuracy=1.0,
         tolerance=0.5,
     )
-    run = se.replay(table, se.exhaustive_sampler(seed=0), 120, constraint=False)
+    run = se.replay(table, _sampler("bruteforce", 0), 120, constraint=False)
     assert sorted(run.keys) == sorted(keys)
     assert len({grid.config_of(json.loads(k)).config_hash for k in keys}) == 120
 
@@ -158,7 +196,8 @@ def test_benchmark_summary(table: Any) -> None:
     full = rows[("bruteforce", 1.0)]
     assert full["trials"] == 12 and full["unique_evaluations_median"] == 12
     assert full["hv_ratio_per_seed"] == pytest.approx([1.0, 1.0, 1.0]) and full["igd_plus_median"] == 0.0
-    assert full["reached_95_fraction"] == 1.0 and full["hv_ratio_at_unique_median"] == pytest.approx(1.0)
+    assert full["reached_95_fraction"] == 1.0 and full["proposals_median"] == 12
+    assert result["count"] == "evaluations" and result["max_repeats"] == 100
     assert rows[("bruteforce", 0.5)]["trials"] == 6
     assert rows[("random", 0.5)]["p_value_vs_random"] is None
     assert 0.0 < full["p_value_vs_random"] <= 1.0
@@ -166,7 +205,7 @@ def test_benchmark_summary(table: Any) -> None:
     assert result["grid"]["hypervolume"] == pytest.approx(GRID_HV)
     assert all(t is not None and t <= 12 for t in result["trials_to_95"]["bruteforce"]["per_seed"])
     json.dumps(se.json_safe(result), allow_nan=False)
-    assert "Trials to reach 95%" in se.format_text(result)
+    assert "Budget (evaluations) to reach 95% of grid HV" in se.format_text(result)
 
 
 def test_mann_whitney_and_a12() -> None:

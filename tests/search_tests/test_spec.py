@@ -80,8 +80,9 @@ def test_quickstart_contents() -> None:
 
 def test_minimal_study_gets_defaults(tmp_path: Path) -> None:
     spec = load_study_file(_write(tmp_path, MINIMAL))
-    assert spec.objective_names == ["accuracy", "latency_ms"]
-    assert spec.directions == ["maximize", "minimize"]
+    assert spec.objective_names == ["accuracy", "latency_ms", "cost_usd_per_million"]
+    assert spec.directions == ["maximize", "minimize", "minimize"]
+    assert not spec.space.deployment.searched  # deployment knobs are searched only when listed
     assert spec.sampler.name == "tpe"
     assert spec.budget.n_trials == 20
     assert spec.space == SearchSpace()
@@ -147,6 +148,26 @@ def test_pruning_ratio_out_of_range_names_key_value_and_range(tmp_path: Path) ->
     message = _error(_variant(tmp_path, "ratio = [0.1, 0.75]", "ratio = [0.1, 1.5]"))
     assert "space.pruning.ratio = [0.1, 1.5]" in message
     assert "0 < low <= high <= 0.9" in message
+
+
+@pytest.mark.parametrize("value", ['"loud"', "1.5", "-0.1", "true"])
+def test_noise_band_is_auto_or_a_fraction(tmp_path: Path, value: str) -> None:
+    message = _error(_write(tmp_path, MINIMAL + f"[measurement]\nnoise_band = {value}\n"))
+    assert "measurement.noise_band = " in message
+    assert "must be 'auto'" in message and "a fraction in [0, 1)" in message
+
+
+def test_noise_band_defaults_to_calibration(tmp_path: Path) -> None:
+    spec = load_study_file(_write(tmp_path, MINIMAL))
+    assert (spec.measurement.noise_band, spec.measurement.calibration_runs) == ("auto", 5)
+    fixed = load_study_file(_write(tmp_path, MINIMAL + "[measurement]\nnoise_band = 0\n", name="fixed.toml"))
+    assert fixed.measurement.noise_band == 0.0
+
+
+def test_semi_structured_pruning_needs_a_backend_with_sparse_kernels(tmp_path: Path) -> None:
+    message = _error(_variant(tmp_path, 'method = ["none", "unstructured", "channel"]', 'method = ["none", "2:4"]'))
+    assert "pruning.method = '2:4' needs a backend with 2:4 semi-structured sparse kernels" in message
+    assert "'onnxruntime-cpu'" in message
 
 
 def test_unknown_task_lists_known_tasks(tmp_path: Path) -> None:
@@ -261,7 +282,7 @@ def test_gpu_prices_must_be_positive(tmp_path: Path) -> None:
 def test_unknown_sampler_lists_known_samplers(tmp_path: Path) -> None:
     message = _error(_variant(tmp_path, 'name = "tpe"', 'name = "cmaes"'))
     assert "Unknown sampler 'cmaes'" in message
-    assert "Known samplers: gp, nsga2, nsga3, qmc, random, tpe." in message
+    assert "Known samplers: bruteforce, gp, nsga2, nsga3, qmc, random, tpe." in message
 
 
 def test_unknown_sampler_option_lists_allowed_options(tmp_path: Path) -> None:
@@ -274,3 +295,67 @@ def test_sampler_seed_option_points_to_study_seed(tmp_path: Path) -> None:
     message = _error(_variant(tmp_path, "n_startup_trials = 8", "seed = 3"))
     assert "sampler.options.seed is not an option" in message
     assert "[study].seed" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# [space.deployment]
+
+DEPLOY = STUDIES / "digits-deploy.toml"
+
+
+def test_the_deploy_study_searches_backend_batch_size_and_threads() -> None:
+    spec = load_study_file(DEPLOY)
+    deployment = spec.space.deployment
+    assert deployment.backend == ["onnxruntime-cpu", "torch-cpu"]
+    assert deployment.batch_size == [8, 64, 256] and deployment.threads == [1, 2]
+    assert spec.objective_names == ["accuracy", "latency_ms", "cost_usd_per_million"]
+    assert spec.backends == ["onnxruntime-cpu", "torch-cpu"]
+    # The study's default deployment is among the choices, so the reference point's baseline is measured.
+    assert spec.measurement.batch_size in deployment.batch_size and spec.measurement.threads in deployment.threads
+
+
+def _deploy(tmp_path: Path, table: str) -> str:
+    return _error(_write(tmp_path, MINIMAL + "\n[space.deployment]\n" + table))
+
+
+def test_unknown_deployment_backend_lists_the_registered_ones(tmp_path: Path) -> None:
+    message = _deploy(tmp_path, 'backend = ["onnxruntime-cpu", "torch-cpx"]\n')
+    assert "space.deployment.backend" in message and "'torch-cpx'" in message
+    assert "onnxruntime-cpu" in message and "torch-cuda-graphs" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("batch_size = [0, 8]", "deployment.batch_size choices must be in [1, 65536], got [0]"),
+        ("threads = [1, 1]", "deployment.threads lists a choice twice"),
+        ("threads = []", "deployment.threads must list at least one choice"),
+        ("batch = [8]", "unknown key"),
+    ],
+)
+def test_deployment_choices_are_checked(tmp_path: Path, line: str, expected: str) -> None:
+    assert expected in _deploy(tmp_path, line + "\n")
+
+
+def test_a_torch_backend_needs_a_precision_it_runs(tmp_path: Path) -> None:
+    message = _deploy(tmp_path, 'backend = ["torch-cpu"]\ntorch_precision = ["fp16"]\n')
+    assert "'torch-cpu'" in message and "['fp16']" in message and "['fp32', 'bf16']" in message
+
+
+def test_a_torch_measurement_backend_needs_the_deployment_backend(tmp_path: Path) -> None:
+    message = _error(_write(tmp_path, MINIMAL + '\n[measurement]\nbackend = "torch-cpu"\n'))
+    assert "measurement.backend = 'torch-cpu'" in message
+    assert "[space.deployment] backend = ['torch-cpu']" in message
+    ok = MINIMAL + '\n[measurement]\nbackend = "torch-cpu"\n[space.deployment]\nbackend = ["torch-cpu"]\n'
+    assert load_study_file(_write(tmp_path, ok, "ok.toml")).backends == ["torch-cpu"]
+
+
+def test_a_gpu_deployment_backend_makes_trials_request_a_gpu(tmp_path: Path) -> None:
+    from lepton_search.search._executor import gpus_per_trial
+
+    text = MINIMAL + '\n[space.deployment]\nbackend = ["onnxruntime-cpu", "torch-cuda"]\n'
+    spec = load_study_file(_write(tmp_path, text))
+    # The driver sizes each trial's Ray request by the most demanding backend the space can pick,
+    # so the executor refuses up front on a cluster without GPUs instead of hanging.
+    assert max(gpus_per_trial(b) for b in spec.backends) == 1.0
+    assert max(gpus_per_trial(b) for b in load_study_file(DEPLOY).backends) == 0.0

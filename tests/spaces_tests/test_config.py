@@ -55,7 +55,7 @@ INVALID_SECTIONS: list[tuple[str, str, dict[str, Any], list[str]]] = [
         "precision",
         "quantization",
         {"precision": "fp64"},
-        ["quantization.precision", "'fp64'", "['fp32', 'fp16', 'int8']"],
+        ["quantization.precision", "'fp64'", "['fp32', 'fp16', 'bf16', 'int8', 'int4']"],
     ),
     (
         "fp32-with-int8-mode",
@@ -122,7 +122,7 @@ INVALID_SECTIONS: list[tuple[str, str, dict[str, Any], list[str]]] = [
         "prune-method",
         "pruning",
         {"method": "structured", "ratio": 0.5},
-        ["pruning.method", "'structured'", "['none', 'unstructured', 'channel']"],
+        ["pruning.method", "'structured'", "['none', 'unstructured', 'channel', 'depth', '2:4']"],
     ),
     ("prune-ratio-high", "pruning", {"method": "channel", "ratio": 1.5}, ["pruning.ratio = 1.5", "(0, 0.9]"]),
     ("prune-ratio-zero", "pruning", {"method": "unstructured", "ratio": 0.0}, ["pruning.ratio = 0.0", "(0, 0.9]"]),
@@ -461,7 +461,7 @@ def _envelope(**overrides: Any) -> str:
         (json.dumps({"quantisation": {"precision": "fp32"}}), ["'quantisation'", "'quantization'"]),
         (
             json.dumps({"pruning": {"method": "channel", "ratio": 0.5, "granularity": "block"}}),
-            ["['granularity']", "in pruning", "['method', 'ratio']"],
+            ["['granularity']", "in pruning", "['importance', 'method', 'ratio', 'scope']"],
         ),
         ("{not json", ["not valid JSON"]),
         ("[1, 2]", ["must be an object", "list"]),
@@ -482,3 +482,108 @@ def test_from_json_never_imports_the_type_it_reads() -> None:
     with pytest.raises(ConfigError):
         CompressionConfig.from_json(_envelope(_type="antigravity"))
     assert "antigravity" not in set(sys.modules) - before
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization knobs: int4, bf16, granularity, mixed precision
+# ---------------------------------------------------------------------------------------------
+
+NEW_QUANTIZATIONS = [
+    QuantizeConfig("bf16"),
+    QuantizeConfig("int4", int4_block_size=32, int4_symmetric=True),
+    QuantizeConfig("int4", int4_block_size=128, int4_symmetric=False, fp32_fraction=0.25),
+    QuantizeConfig("int8", "dynamic", granularity="per_tensor"),
+    QuantizeConfig("int8", "dynamic", granularity="per_channel", fp32_fraction=0.0),
+    QuantizeConfig("int8", "static", "entropy", 4, granularity="per_tensor", fp32_fraction=0.5),
+]
+
+
+@pytest.mark.parametrize("quantization", NEW_QUANTIZATIONS, ids=lambda q: q.precision)
+def test_new_quantization_knobs_round_trip_through_json(quantization: QuantizeConfig) -> None:
+    config = CompressionConfig(quantization=quantization)
+    again = CompressionConfig.from_json(config.to_json())
+    assert again == config and again.config_hash == config.config_hash
+
+
+def test_configs_without_the_new_knobs_keep_their_json_and_hash() -> None:
+    """Stored before int4, granularity and mixed precision existed: same JSON, same hash."""
+    config = CompressionConfig(quantization=QuantizeConfig("int8", "static", "minmax", 2))
+    assert config.to_dict()["quantization"] == {
+        "precision": "int8",
+        "int8_mode": "static",
+        "calibration_method": "minmax",
+        "calibration_batches": 2,
+    }
+    assert CompressionConfig.from_json(config.to_json()).config_hash == config.config_hash
+    assert QuantizeConfig("int8", "dynamic").per_channel
+    assert not QuantizeConfig("int8", "dynamic", granularity="per_tensor").per_channel
+    # Distinct knobs give distinct hashes.
+    hashes = {CompressionConfig(quantization=q).config_hash for q in NEW_QUANTIZATIONS}
+    assert len(hashes) == len(NEW_QUANTIZATIONS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"precision": "bf16", "int8_mode": "dynamic"}, ["precision = 'bf16'", "int8_mode = 'dynamic'"]),
+        ({"precision": "fp16", "fp32_fraction": 0.5}, ["precision = 'fp16'", "fp32_fraction = 0.5", "int8"]),
+        ({"precision": "fp32", "granularity": "per_tensor"}, ["granularity = 'per_tensor'", "precision = 'int8'"]),
+        ({"precision": "int4"}, ["int4_block_size = None", "[16, 32, 64, 128, 256]"]),
+        ({"precision": "int4", "int4_block_size": 48, "int4_symmetric": True}, ["int4_block_size = 48"]),
+        ({"precision": "int4", "int4_block_size": 32.0, "int4_symmetric": True}, ["int4_block_size = 32.0"]),
+        ({"precision": "int4", "int4_block_size": 32}, ["int4_symmetric = None", "true", "false"]),
+        ({"precision": "int4", "int4_block_size": 32, "int4_symmetric": "yes"}, ["int4_symmetric = 'yes'"]),
+        (
+            {"precision": "int4", "int4_block_size": 32, "int4_symmetric": True, "int8_mode": "dynamic"},
+            ["precision = 'int4'", "weight-only", "int8_mode = 'dynamic'"],
+        ),
+        (
+            {"precision": "int4", "int4_block_size": 32, "int4_symmetric": True, "granularity": "per_tensor"},
+            ["precision = 'int4'", "granularity = 'per_tensor'"],
+        ),
+        (
+            {"precision": "int8", "int8_mode": "dynamic", "int4_block_size": 32},
+            ["precision = 'int8'", "int4_block_size = 32", "precision = 'int4'"],
+        ),
+        (
+            {"precision": "int8", "int8_mode": "dynamic", "granularity": "per_row"},
+            ["quantization.granularity", "'per_row'", "['per_channel', 'per_tensor']"],
+        ),
+        ({"precision": "int8", "int8_mode": "dynamic", "fp32_fraction": 1.0}, ["fp32_fraction = 1.0", "[0, 1)"]),
+        ({"precision": "int8", "int8_mode": "dynamic", "fp32_fraction": -0.1}, ["fp32_fraction = -0.1"]),
+        ({"precision": "int8", "int8_mode": "dynamic", "fp32_fraction": True}, ["fp32_fraction = True", "finite"]),
+        ({"precision": "int8", "int8_mode": "dynamic", "fp32_fraction": math.nan}, ["fp32_fraction = nan"]),
+    ],
+)
+def test_invalid_quantization_knobs_name_key_value_and_allowed(kwargs: dict[str, Any], expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        QuantizeConfig(**kwargs)
+    for part in expected:
+        assert part in str(info.value), f"{part!r} missing from {info.value}"
+
+
+def test_fp32_fraction_is_stored_as_float() -> None:
+    config = QuantizeConfig("int8", "dynamic", fp32_fraction=0)
+    assert config.fp32_fraction == 0.0 and isinstance(config.fp32_fraction, float)
+    assert config == QuantizeConfig("int8", "dynamic", fp32_fraction=0.0)
+
+
+@pytest.mark.parametrize(
+    ("quantization", "label"),
+    [
+        (QuantizeConfig("bf16"), "bf16"),
+        (QuantizeConfig("int4", int4_block_size=32, int4_symmetric=True), "int4(block 32, sym)"),
+        (
+            QuantizeConfig("int4", int4_block_size=64, int4_symmetric=False, fp32_fraction=0.25),
+            "int4(block 64, asym) mixed(25% layers fp32)",
+        ),
+        (QuantizeConfig("int8", "dynamic", granularity="per_tensor"), "int8-dynamic(per-tensor)"),
+        (QuantizeConfig("int8", "dynamic", granularity="per_channel"), "int8-dynamic"),
+        (
+            QuantizeConfig("int8", "static", "minmax", 2, granularity="per_tensor", fp32_fraction=0.1),
+            "int8-static(minmax, per-tensor) mixed(10% layers fp32)",
+        ),
+    ],
+)
+def test_describe_names_the_new_quantization_knobs(quantization: QuantizeConfig, label: str) -> None:
+    assert CompressionConfig(quantization=quantization).describe() == label

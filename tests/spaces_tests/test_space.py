@@ -294,7 +294,7 @@ def test_space_accepts_toml_style_lists() -> None:
         (PruningSpace, {"ratio_step": 0.75}, ("ratio_step",), ["less than or equal to 0.5"]),
         (PruningSpace, {"method": []}, ("method",), ["pruning.method must list at least one choice"]),
         (PruningSpace, {"method": ["channel", "channel"]}, ("method",), ["pruning.method lists a choice twice"]),
-        (PruningSpace, {"method": ["block"]}, ("method", 0), ["'none', 'unstructured' or 'channel'"]),
+        (PruningSpace, {"method": ["block"]}, ("method", 0), ["'none', 'unstructured', 'channel', 'depth' or '2:4'"]),
         (PruningSpace, {"rato": [0.1, 0.5]}, ("rato",), ["Extra inputs are not permitted"]),
         (DistillationSpace, {"temperature": [0.5, 4.0]}, ("temperature",), ["within [1, 20]", "[0.5, 4.0]"]),
         (DistillationSpace, {"temperature": [2.0, 25.0]}, ("temperature",), ["within [1, 20]"]),
@@ -314,7 +314,7 @@ def test_space_accepts_toml_style_lists() -> None:
             ("calibration_method",),
             ["quantization.calibration_method lists a choice twice"],
         ),
-        (QuantizationSpace, {"precision": ["fp64"]}, ("precision", 0), ["'fp32', 'fp16' or 'int8'"]),
+        (QuantizationSpace, {"precision": ["fp64"]}, ("precision", 0), ["'fp32', 'fp16', 'bf16', 'int8' or 'int4'"]),
         (QuantizationSpace, {"calibration_batches": [0, 4]}, ("calibration_batches",), ["1 <= low <= high"]),
         (QuantizationSpace, {"calibration_batches": [8, 2]}, ("calibration_batches",), ["[8, 2]"]),
         (QuantizationSpace, {"bits": [8]}, ("bits",), ["Extra inputs are not permitted"]),
@@ -335,3 +335,123 @@ def test_spaces_are_frozen() -> None:
     space = SearchSpace()
     with pytest.raises(ValidationError):
         space.pruning = PruningSpace()  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization: int4, granularity and mixed precision
+# ---------------------------------------------------------------------------------------------
+
+QUANT_SPACE = SearchSpace(
+    quantization=QuantizationSpace(
+        precision=["fp32", "fp16", "int8", "int4"],
+        int8_mode=["dynamic", "static"],
+        granularity=["per_channel", "per_tensor"],
+        int4_block_size=[32, 128],
+        int4_symmetric=[True, False],
+        fp32_fraction=(0.0, 0.5),
+        fp32_fraction_step=0.125,
+    ),
+    pruning=PruningSpace(method=["none"]),
+    distillation=DistillationSpace(method=["none"]),
+)
+
+
+def _expected_quantization_params(q: QuantizeConfig) -> set[str]:
+    names = {"precision"}
+    if q.precision in ("int8", "int4"):
+        names.add("fp32_fraction")
+    if q.precision == "int4":
+        names |= {"int4_block_size", "int4_symmetric"}
+    if q.precision == "int8":
+        names |= {"int8_mode", "int8_granularity"}
+        if q.int8_mode == "static":
+            names |= {"calibration_method", "calibration_batches"}
+    return names
+
+
+def test_quantization_knobs_are_asked_only_when_they_apply() -> None:
+    samples = _sample(QUANT_SPACE, 300, seed=7)
+    for trial, config in samples:
+        assert set(trial.params) - {"prune_method", "distill_method"} == _expected_quantization_params(
+            config.quantization
+        )
+        assert QUANT_SPACE.contains(config)
+    quantizations = [c.quantization for _, c in samples]
+    assert {q.precision for q in quantizations} == {"fp32", "fp16", "int8", "int4"}
+    assert {q.granularity for q in quantizations if q.precision == "int8"} == {"per_channel", "per_tensor"}
+    assert {(q.int4_block_size, q.int4_symmetric) for q in quantizations if q.precision == "int4"} == {
+        (32, True),
+        (32, False),
+        (128, True),
+        (128, False),
+    }
+    fractions = {q.fp32_fraction for q in quantizations if q.fp32_fraction is not None}
+    assert fractions == {0.0, 0.125, 0.25, 0.375, 0.5}
+
+
+def test_fp32_fraction_is_an_ordered_stepped_float() -> None:
+    trial = optuna.create_study().ask()
+    SearchSpace(quantization=QuantizationSpace(precision=["int4"], fp32_fraction=(0.1, 0.4))).suggest(trial)
+    distribution = trial.distributions["fp32_fraction"]
+    assert isinstance(distribution, optuna.distributions.FloatDistribution)
+    assert (distribution.low, distribution.high, distribution.step) == (0.1, 0.4, 0.05)
+
+
+def test_quantization_params_of_round_trips_through_an_enqueued_trial() -> None:
+    configs = [c for _, c in _sample(QUANT_SPACE, 60, seed=8)]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=9))
+    for config in configs:
+        study.enqueue_trial(SearchSpace.params_of(config))
+    for config in configs:
+        trial = study.ask()
+        assert QUANT_SPACE.suggest(trial) == config
+        assert set(trial.params) == set(SearchSpace.params_of(config))
+        study.tell(trial, 0.0)
+
+
+def test_default_space_asks_none_of_the_new_quantization_params() -> None:
+    for trial, config in _sample(SearchSpace(), 60, seed=10):
+        assert not {"int8_granularity", "int4_block_size", "int4_symmetric", "fp32_fraction"} & set(trial.params)
+        assert config.quantization.granularity is None and config.quantization.fp32_fraction is None
+    assert "bf16" not in SearchSpace().quantization.precision
+
+
+def test_contains_tells_the_quantization_knobs_apart() -> None:
+    space = QUANT_SPACE.quantization
+    assert space.contains(QuantizeConfig("int4", int4_block_size=32, int4_symmetric=False, fp32_fraction=0.5))
+    assert not space.contains(QuantizeConfig("int4", int4_block_size=64, int4_symmetric=False, fp32_fraction=0.5))
+    assert not space.contains(QuantizeConfig("int4", int4_block_size=32, int4_symmetric=True, fp32_fraction=0.75))
+    # Mixed precision on: a config without it was not drawn from this space (and the other way round).
+    assert not space.contains(QuantizeConfig("int4", int4_block_size=32, int4_symmetric=True))
+    assert not QuantizationSpace(precision=["int8"], int8_mode=["dynamic"]).contains(
+        QuantizeConfig("int8", "dynamic", fp32_fraction=0.0)
+    )
+    # Granularity searched: explicit values only; not searched: only the default (None).
+    assert space.contains(QuantizeConfig("int8", "dynamic", granularity="per_tensor", fp32_fraction=0.0))
+    assert not space.contains(QuantizeConfig("int8", "dynamic", fp32_fraction=0.0))
+    assert not QuantizationSpace(int8_mode=["dynamic"]).contains(
+        QuantizeConfig("int8", "dynamic", granularity="per_tensor")
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "loc", "expected"),
+    [
+        ({"int4_block_size": [48]}, ("int4_block_size",), ["[48]", "[16, 32, 64, 128, 256]"]),
+        ({"int4_block_size": []}, ("int4_block_size",), ["must list at least one"]),
+        ({"int4_symmetric": [True, True]}, ("int4_symmetric",), ["lists a choice twice"]),
+        ({"granularity": ["per_row"]}, ("granularity", 0), ["'per_channel' or 'per_tensor'"]),
+        ({"granularity": []}, ("granularity",), ["quantization.granularity must list at least one"]),
+        ({"fp32_fraction": [0.2, 1.0]}, ("fp32_fraction",), ["0 <= low <= high < 1", "[0.2, 1.0]"]),
+        ({"fp32_fraction": [0.5, 0.2]}, ("fp32_fraction",), ["[0.5, 0.2]"]),
+        ({"fp32_fraction_step": 0}, ("fp32_fraction_step",), ["greater than 0"]),
+        ({"precision": ["fp32", "bf16"]}, ("precision",), ["'bf16'", "torch-cpu", "torch_precision", "fp16/int8"]),
+    ],
+)
+def test_quantization_space_validators_reject(data: dict[str, Any], loc: tuple[Any, ...], expected: list[str]) -> None:
+    with pytest.raises(ValidationError) as info:
+        QuantizationSpace.model_validate(data)
+    errors = info.value.errors()
+    assert [tuple(e["loc"]) for e in errors] == [loc]
+    for part in expected:
+        assert part in errors[0]["msg"], f"{part!r} missing from {errors[0]['msg']!r}"

@@ -91,8 +91,25 @@ class Task(abc.ABC):
         return {}
 
     def after_pruning(self, model: torch.nn.Module) -> None:  # noqa: B027 - optional hook
-        """Called after channel pruning has removed channels or heads from ``model``, to update
-        attributes that cache layer sizes (a transformer's head count, say). Does nothing by default."""
+        """Called after channel or depth pruning has removed channels, heads or blocks from
+        ``model``, to update attributes that cache layer sizes (a transformer's head or layer count,
+        say). Does nothing by default."""
+
+    def depth_blocks(self, model: torch.nn.Module) -> Sequence[tuple[str, torch.nn.Module]]:
+        """The blocks depth pruning may drop, in forward order, as ``(qualified name, module)``
+        (names as ``model.named_modules()`` gives them): transformer layers, or residual blocks
+        whose input and output shapes match, so that the model still runs without them. Each must
+        be an item of an ``nn.Sequential`` or ``nn.ModuleList``, which is what depth pruning removes
+        it from. None by default: depth pruning is then refused."""
+        return []
+
+    def hidden_layers(self, model: torch.nn.Module) -> Sequence[tuple[str, torch.nn.Module]]:
+        """The layers whose outputs are the model's intermediate representations, as ``(qualified
+        name, module)``, for hidden-state distillation (``distillation.hidden_weight``): the student's
+        are matched to the teacher's of the same name (a depth-pruned student's kept blocks to the
+        teacher blocks they came from). By default the :meth:`depth_blocks`; with none, hidden-state
+        distillation is refused."""
+        return self.depth_blocks(model)
 
     def calibration_inputs(self, n_batches: int, batch_size: int) -> list[Inputs]:
         """Inputs for static-quantization calibration, drawn from the training split."""

@@ -114,6 +114,13 @@ class DigitsCNNTask(Task):
             correct += int((logits.argmax(axis=1) == y[start : start + 256]).sum())
         return correct / len(x)
 
+    def hidden_layers(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The output of each convolution's ReLU (three feature maps), for hidden-state
+        distillation. The CNN has no residual blocks, so it names no depth blocks."""
+        from torch import nn
+
+        return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
     def teacher(self, cache_dir: Path) -> torch.nn.Module:
         import torch
 

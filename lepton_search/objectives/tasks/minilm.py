@@ -39,7 +39,10 @@ is the cost of that many full-length requests.
 Compression. ``channel`` pruning removes whole attention heads (query, key and value projections
 together) and feed-forward neurons; the layers that write the residual stream (each layer's
 attention output and feed-forward output projections, and the embeddings) are kept whole, so the
-hidden size stays 384. Distillation uses the embedding loss of ``objectives/_distill.py``.
+hidden size stays 384. ``depth`` pruning drops whole encoder layers (the least important first,
+measured by how much skipping each one moves the embeddings), down to the three-layer students
+people deploy. Distillation uses the embedding loss of ``objectives/_distill.py``; hidden-state
+distillation matches each kept layer's output to the teacher layer it came from.
 """
 
 from __future__ import annotations
@@ -396,10 +399,21 @@ class MiniLMTask(Task):
                 heads[projection] = int(attention.num_attention_heads)
         return heads
 
+    def depth_blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The encoder's transformer layers (``bert.encoder.layer.<i>``): each maps the hidden states
+        to hidden states of the same shape, so any of them can be dropped (six-to-three-layer
+        students are the ones people deploy)."""
+        return [(f"bert.encoder.layer.{i}", layer) for i, layer in enumerate(_layers(model))]
+
     def after_pruning(self, model: torch.nn.Module) -> None:
         """Updates each attention layer's head count to its pruned projections (older transformers
-        releases reshape with these attributes rather than inferring them)."""
-        for layer in _layers(model):
+        releases reshape with these attributes rather than inferring them), and the configured
+        layer count to the layers depth pruning kept."""
+        layers = _layers(model)
+        config = getattr(model.bert, "config", None)  # type: ignore[union-attr]
+        if config is not None:
+            config.num_hidden_layers = len(layers)
+        for layer in layers:
             attention = layer.attention.self
             attention.all_head_size = attention.query.out_features
             attention.num_attention_heads = attention.query.out_features // attention.attention_head_size
