@@ -5,7 +5,10 @@ package. Name it in a study file as ``task = "resnet_task:make_task"`` with this
 ``PYTHONPATH`` (see ``examples/README.md``), or install it and register ``make_task`` under the
 ``lepton_search.tasks`` entry-point group.
 
-A task is a subclass of :class:`lepton_search.objectives.tasks.Task` that provides:
+A task is a subclass of :class:`lepton_search.objectives.tasks.Task`. This one reuses the digits
+data, split and accuracy metric of
+:class:`~lepton_search.objectives.tasks.digits.DigitsClassificationTask` (``example_inputs``,
+``train_batches`` and ``evaluate``) and gives its own model. A task provides:
 
 ``teacher(cache_dir)``
     The trained, uncompressed ``torch.nn.Module`` in eval mode. Train it on first use and cache it
@@ -45,17 +48,14 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from lepton_search.errors import ConfigError
-from lepton_search.objectives.tasks import PredictFn, Split, Task
+from lepton_search.objectives.tasks.digits import DigitsClassificationTask
 from lepton_search.objectives.tasks.loaders import load_weights_into
 
 RECIPE_VERSION = 1
@@ -100,7 +100,7 @@ class ResNetDigits(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-class ResNetDigitsTask(Task):
+class ResNetDigitsTask(DigitsClassificationTask):
     """Classify scikit-learn's 8x8 digits with :class:`ResNetDigits`; the metric is accuracy.
 
     The data ships with scikit-learn (1,797 images), split 60/20/20 with a fixed seed. The teacher
@@ -123,40 +123,9 @@ class ResNetDigitsTask(Task):
         self.epochs = epochs
         self.seed = seed
 
-    @cached_property
-    def _splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        x, y = load_digits(return_X_y=True)
-        x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-        y = y.astype(np.int64)
-        x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=0, stratify=y)
-        x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest)
-        return {"train": (x_train, y_train), "validation": (x_val, y_val), "test": (x_test, y_test)}
-
     def fingerprint(self) -> str:
         recipe = {"task": self.name, "v": RECIPE_VERSION, "width": self.width, "epochs": self.epochs, "seed": self.seed}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-
-    def example_inputs(self, batch_size: int) -> np.ndarray:
-        x = self._splits["validation"][0]
-        return np.ascontiguousarray(np.resize(x, (batch_size, *x.shape[1:])))
-
-    def train_batches(self, batch_size: int, *, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        x, y = self._splits["train"]
-        order = np.random.default_rng(seed).permutation(len(x))
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
-
-    def evaluate(self, predict: PredictFn, split: Split = "validation") -> float:
-        x, y = self._splits[split]
-        correct = 0
-        for start in range(0, len(x), 256):
-            logits = np.asarray(predict(x[start : start + 256]))
-            correct += int((logits.argmax(axis=1) == y[start : start + 256]).sum())
-        return correct / len(x)
 
     def depth_blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """The residual blocks with an identity shortcut: their input and output shapes match, so

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 import shutil
 import subprocess
@@ -184,3 +185,13 @@ def release_freed_memory() -> None:
             _LIBC = False
     if _LIBC and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+def device_manifest(device_class: str, gpu_index: int = 0) -> dict[str, Any]:
+    """The device part of a measurement's manifest: the CPU model and core count, or what
+    :func:`gpu_manifest` reads of GPU ``gpu_index``; and the host."""
+    if device_class == "cpu":
+        device: dict[str, Any] = {"device_class": "cpu", "device": cpu_model(), "cpu_count": os.cpu_count()}
+    else:
+        device = gpu_manifest(gpu_index)
+    return {**device, "host": platform.node()}

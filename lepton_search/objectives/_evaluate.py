@@ -15,12 +15,13 @@ exclusively, so no other trial computes on the device while one is being measure
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,7 +40,7 @@ from lepton_search.objectives._latency import (
     get_backend,
     measure_pair,
 )
-from lepton_search.objectives._torch_export import baseline_program, compress_to_program
+from lepton_search.objectives._torch_export import compress_to_program, export_program
 from lepton_search.objectives.tasks import Task, resolve_task
 from lepton_search.objectives.tasks._base import contiguous_inputs
 from lepton_search.spaces import CompressionConfig, DeploymentConfig
@@ -138,16 +139,22 @@ def load_teacher(task: Task, cache_dir: Path) -> torch.nn.Module:
     return _TEACHERS[key]
 
 
-def baseline_onnx(task: Task, teacher: torch.nn.Module, cache_dir: Path) -> Path:
-    """The uncompressed teacher exported to ONNX, cached beside the teacher."""
-    path = cache_dir / "baselines" / f"{task.name}-{task.fingerprint()}.onnx"
+def _cached_baseline(task: Task, cache_dir: Path, suffix: str, export: Callable[[Path], Path]) -> Path:
+    """The uncompressed teacher exported by ``export`` once per task recipe and format, cached
+    beside the teacher; written to a temporary directory first, so concurrent workers never read
+    half a file."""
+    path = cache_dir / "baselines" / f"{task.name}-{task.fingerprint()}{suffix}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(dir=path.parent))
-        export_onnx(teacher, task.example_inputs(2), tmp_dir / "model.onnx")
-        os.replace(tmp_dir / "model.onnx", path)
+        os.replace(export(tmp_dir / f"model{suffix}"), path)
         tmp_dir.rmdir()
     return path
+
+
+def baseline_onnx(task: Task, teacher: torch.nn.Module, cache_dir: Path) -> Path:
+    """The uncompressed teacher exported to ONNX, cached beside the teacher."""
+    return _cached_baseline(task, cache_dir, ".onnx", lambda path: export_onnx(teacher, task.example_inputs(2), path))
 
 
 def onnx_predictor(model_path: Path, threads: int = 1) -> Any:
@@ -199,7 +206,10 @@ def model_predictor(model_path: Path, backend: LatencyBackend, threads: int) -> 
 def baseline_model(backend: LatencyBackend, task: Task, teacher: torch.nn.Module, cache_dir: Path) -> Path:
     """The uncompressed baseline in the file format ``backend`` opens."""
     if backend.model_format == "torch-export":
-        return baseline_program(task, teacher, cache_dir)
+        # The export casts the module it is given in place; the teacher stays as it is.
+        return _cached_baseline(
+            task, cache_dir, ".pt2", lambda path: export_program(copy.deepcopy(teacher), task.example_inputs(2), path)
+        )
     return baseline_onnx(task, teacher, cache_dir)
 
 

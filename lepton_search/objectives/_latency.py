@@ -67,8 +67,7 @@ import numpy as np
 
 from lepton_search.errors import MeasurementError, UnknownNameError
 from lepton_search.objectives._devices import (
-    cpu_model,
-    gpu_manifest,
+    device_manifest,
     high_water_mb,
     release_freed_memory,
     reset_high_water,
@@ -345,10 +344,7 @@ class OnnxRuntimeCPUBackend(LatencyBackend):
             "execution_provider": self.provider,
             "onnxruntime": ort.__version__,
             "threads": threads,
-            "device_class": "cpu",
-            "device": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "host": platform.node(),
+            **device_manifest("cpu"),
         }
 
 
@@ -396,8 +392,7 @@ class OnnxRuntimeCUDABackend(OnnxRuntimeCPUBackend):
             "execution_provider": self.provider,
             "onnxruntime": ort.__version__,
             "threads": threads,
-            **gpu_manifest(self.device_id),
-            "host": platform.node(),
+            **device_manifest("gpu", self.device_id),
         }
 
     def memory_probe(self) -> MemoryProbe:

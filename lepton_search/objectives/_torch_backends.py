@@ -13,8 +13,6 @@ This module imports torch only when a backend is used, so registering the backen
 from __future__ import annotations
 
 import importlib.util
-import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lepton_search.errors import MeasurementError
-from lepton_search.objectives._devices import cpu_model, gpu_manifest
+from lepton_search.objectives._devices import device_manifest
 from lepton_search.objectives._latency import (
     Availability,
     Inputs,
@@ -297,10 +295,7 @@ class TorchCPUBackend(LatencyBackend):
             "execution_provider": self.execution_provider,
             "torch": torch.__version__,
             "threads": threads,
-            "device_class": "cpu",
-            "device": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "host": platform.node(),
+            **device_manifest("cpu"),
         }
 
 
@@ -351,8 +346,7 @@ class TorchCUDABackend(TorchCPUBackend):
             "execution_provider": self.execution_provider,
             "torch": torch.__version__,
             "threads": threads,
-            **gpu_manifest(self.device_id),
-            "host": platform.node(),
+            **device_manifest("gpu", self.device_id),
         }
 
     def memory_probe(self) -> MemoryProbe:

@@ -10,9 +10,6 @@ no bf16) and the casts are part of the measured latency, as they would be in a d
 
 from __future__ import annotations
 
-import copy
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,15 +122,3 @@ def compress_to_program(
     timings["export_s"] = time.perf_counter() - start
     timings["quantize_s"] = 0.0  # the cast happens inside the export
     return packaged(path, student, timings, notes)
-
-
-def baseline_program(task: Task, teacher: torch.nn.Module, cache_dir: Path) -> Path:
-    """The uncompressed fp32 teacher as a ``torch.export`` program, cached beside the teacher."""
-    path = cache_dir / "baselines" / f"{task.name}-{task.fingerprint()}.pt2"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(dir=path.parent))
-        export_program(copy.deepcopy(teacher), task.example_inputs(2), tmp_dir / "model.pt2")
-        os.replace(tmp_dir / "model.pt2", path)
-        tmp_dir.rmdir()
-    return path
