@@ -113,6 +113,13 @@ class TrialResult:
     #: The seed the model was compressed with: with the task and config, it rebuilds the model
     #: (`lepton-search compress`).
     compression_seed: int | None = None
+    #: Fused and quantized operators of the ONNX graph ONNX Runtime runs, by type (empty for
+    #: torch programs): what ``graph.fusion`` and quantization really produced.
+    graph_ops: dict[str, int] = field(default_factory=dict)
+    #: How the pruned, distilled student was obtained: ``cache`` ("hit": loaded from the student
+    #: cache, "miss": built now, "none": the teacher itself), its ``key``, ``build_s`` (the time
+    #: building it took, when it was built), and the ``training_precision``.
+    student: dict[str, Any] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
@@ -361,6 +368,8 @@ def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResu
         peak_rss_mb=_rss_mb(),
         model_format=backend.model_format,
         compression_seed=request.seed,
+        graph_ops=dict(compressed.graph_ops),
+        student=dict(compressed.student),
     )
 
 

@@ -320,8 +320,13 @@ class OnnxRuntimeCPUBackend(LatencyBackend):
     def _session(self, model_path: Path, threads: int) -> Any:
         import onnxruntime as ort
 
+        from lepton_search.objectives._graph import model_session_level
+
+        options = self._session_options(threads)
+        # A model tuned for another session optimisation level (graph.optimization_level) records it.
+        options.graph_optimization_level = model_session_level(model_path)
         try:
-            session = ort.InferenceSession(str(model_path), self._session_options(threads), providers=self._providers())
+            session = ort.InferenceSession(str(model_path), options, providers=self._providers())
         except Exception as e:
             raise MeasurementError(f"ONNX Runtime could not open {model_path.name} on {self.provider}: {e}") from e
         if self.provider not in session.get_providers():

@@ -1,11 +1,15 @@
 """Pruning: structured (torch-pruning removes channels, heads and neurons), depth (whole blocks),
 unstructured, and 2:4 semi-structured.
 
-Channel importance (``PruneConfig.importance``). ``None`` keeps the default: transformers (tasks
-that name their attention projections, :meth:`~lepton_search.objectives.tasks.Task.attention_heads`)
-lose whole attention heads and feed-forward neurons ranked by their mean absolute activation on
-calibration batches; other models lose channels ranked by the L1 norm of their weights. ``l1`` /
-``l2`` rank by weight magnitude, ``activation`` by activation, ``taylor`` by the first-order Taylor
+Transformers. A task that names its attention heads and feed-forward neurons
+(:meth:`~lepton_search.objectives.tasks.Task.pruning_units`) is channel-pruned by ``_units.py``:
+per-kind ratios, importance by each unit's contribution to its layer's output, counts rounded to
+the nearest unit, optional least-squares reconstruction. What follows is torch-pruning's path for
+every other model.
+
+Channel importance (``PruneConfig.importance``). ``None`` keeps the default, channels ranked by
+the L1 norm of their weights. ``l1`` / ``l2`` rank by weight magnitude, ``activation`` by the mean
+absolute activation on calibration batches, ``taylor`` by the first-order Taylor
 estimate of the loss change, ``|w * dL/dw|`` summed over each channel's group (Molchanov et al.
 2019), from gradients of the task loss on a few training batches (cross-entropy against the
 labels for classifiers; for embedding models an in-batch contrastive loss against the model's own
@@ -50,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from lepton_search.errors import CompressionError
 from lepton_search.objectives._inputs import first_rows, run_model, to_torch
+from lepton_search.objectives._units import prune_units
 from lepton_search.spaces import PruneConfig
 
 if TYPE_CHECKING:
@@ -524,13 +529,39 @@ def to_semi_structured(model: torch.nn.Module) -> list[str]:
 # ------------------------------------------------------------------------------ entry points
 
 
+def _check_generic_channel(config: PruneConfig, task: Task) -> None:
+    """Refuses the unit-pruner knobs for a task without pruning units (torch-pruning's path)."""
+    unit_only = [
+        f"{name} = {value!r}"
+        for name, value in (
+            ("head_ratio", config.head_ratio),
+            ("reconstruction", config.reconstruction),
+            ("importance", "contribution" if config.importance == "contribution" else None),
+        )
+        if value is not None
+    ]
+    if unit_only:
+        raise CompressionError(
+            f"pruning {', '.join(unit_only)} needs a task that names its attention heads and feed-forward neurons "
+            f"(Task.pruning_units), and task {task.name!r} names none; remove them from space.pruning for this task."
+        )
+
+
 def prune(
-    model: torch.nn.Module, config: PruneConfig, task: Task, example: Inputs, *, cache_dir: Path | None = None
+    model: torch.nn.Module,
+    config: PruneConfig,
+    task: Task,
+    example: Inputs,
+    *,
+    cache_dir: Path | None = None,
+    fraction: float = 1.0,
 ) -> list[Any]:
     """Prunes ``model`` in place.
 
-    ``channel`` removes ``ratio`` of the channels (and, for transformers, of the attention heads)
-    ranked by ``config.importance`` within each layer or, with ``scope = "global"``, across layers;
+    ``channel`` removes ``ratio`` of the channels ranked by ``config.importance`` within each layer
+    or, with ``scope = "global"``, across layers (for tasks with pruning units, ``ratio`` of the
+    feed-forward neurons and ``head_ratio`` of the attention heads, see ``_units.py``; ``fraction``
+    takes that share of the ratios, a step of iterative pruning);
     ``depth`` removes ``ratio`` of the task's depth blocks, the least important first (importance
     cached under ``cache_dir``); ``unstructured`` and ``2:4`` zero weights.
 
@@ -544,7 +575,11 @@ def prune(
     if config.method == "none":
         return []
     if config.method == "channel":
-        _prune_channels(model, config, task, example)
+        if task.pruning_units(model):
+            prune_units(model, config, task, fraction=fraction)
+        else:
+            _check_generic_channel(config, task)
+            _prune_channels(model, config, task, example)
         return []
     if config.method == "depth":
         _prune_depth(model, config, task, example, cache_dir)

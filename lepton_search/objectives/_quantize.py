@@ -182,14 +182,22 @@ def quantize_prepared(
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
         return 0
     if config.int8_mode == "dynamic":
+        op_types = ["MatMul", "Gemm"]
+        extra: dict[str, object] = {}
+        if any(node.op_type == "Attention" for node in onnx.load(str(prepared), load_external_data=False).graph.node):
+            # A fused graph (graph.fusion): Attention becomes QAttention. ONNX's shape inference knows
+            # no com.microsoft operators, so tensors they produce get the default float type.
+            op_types.append("Attention")
+            extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
         quantize_dynamic(
             str(prepared),
             str(target),
             weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
+            op_types_to_quantize=op_types,
             per_channel=config.per_channel,
             nodes_to_quantize=include,
             nodes_to_exclude=exclude,
+            extra_options=extra,
         )
         return 0
     methods = {

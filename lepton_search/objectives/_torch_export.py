@@ -116,9 +116,12 @@ def compress_to_program(
         CompressionError: a step failed, or the precision is not one torch runs.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    student, timings, notes = shrink(teacher, config, task, seed=seed, cache_dir=cache_dir)
+    shrunk = shrink(teacher, config, task, seed=seed, cache_dir=cache_dir)
+    student, timings, notes = shrunk.model, dict(shrunk.timings_s), list(shrunk.notes)
     start = time.perf_counter()
     path = export_program(student, task.example_inputs(2), out_dir / "model.pt2", config.quantization.precision)
     timings["export_s"] = time.perf_counter() - start
     timings["quantize_s"] = 0.0  # the cast happens inside the export
-    return packaged(path, student, timings, notes)
+    compressed = packaged(path, student, timings, notes)
+    compressed.student = shrunk.info.to_dict()
+    return compressed

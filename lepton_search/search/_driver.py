@@ -43,6 +43,7 @@ from lepton_search.objectives import (
     get_backend,
     prepare,
 )
+from lepton_search.objectives._compress import canonical_config
 from lepton_search.objectives._evaluate import load_task
 from lepton_search.objectives._latency import DEFAULT_NOISE_BAND
 from lepton_search.search._attrs import (
@@ -111,6 +112,7 @@ class RunSummary:
     remeasured: int = 0
     cached: int = 0
     warm_started: int = 0
+    recipes_queued: int = 0
     screened: int = 0
     # Proposals that repeated a configuration of the study: served from the cache, not counted.
     duplicates: int = 0
@@ -182,8 +184,25 @@ def warm_start(study: optuna.Study, spec: StudySpec, storage_url: str) -> int:
             if config.config_hash in queued or not spec.space.contains(config):
                 continue
             queued.add(config.config_hash)
-            study.enqueue_trial(SearchSpace.params_of(config), user_attrs={"warm_start_from": f"{name}#{trial.number}"})
+            params = SearchSpace.params_of(config, spec.space)
+            study.enqueue_trial(params, user_attrs={"warm_start_from": f"{name}#{trial.number}"})
     return len(queued)
+
+
+def queue_recipes(study: optuna.Study, spec: StudySpec) -> int:
+    """Queues the study file's ``[[recipes]]`` that the study does not hold yet (by config hash,
+    queued or evaluated), ahead of anything the sampler proposes. Returns how many were queued."""
+    held = {t.user_attrs.get("config_hash") for t in study.get_trials(deepcopy=False)}
+    held |= {t.user_attrs.get("recipe") for t in study.get_trials(deepcopy=False)}
+    queued = 0
+    for i, config in enumerate(spec.recipe_configs):
+        if config.config_hash in held:
+            continue
+        held.add(config.config_hash)
+        params = SearchSpace.params_of(config, spec.space)
+        study.enqueue_trial(params, user_attrs={"recipe": config.config_hash, "recipe_number": i + 1})
+        queued += 1
+    return queued
 
 
 def requeue_orphans(study: optuna.Study, reason: str) -> int:
@@ -324,6 +343,8 @@ def record_result(
         # The backend, batch size and threads the trial was measured (and priced) at.
         "deployment": latency.get("deployment"),
         "model_format": result.model_format,
+        "graph_ops": result.graph_ops,
+        "student": result.student,
     }
     if result.compression_seed is not None:
         attrs["compression_seed"] = result.compression_seed
@@ -531,7 +552,8 @@ class _Run:
         self.baseline, self.max_workers = baseline, max_workers
         self.remaining, self.deadline = remaining, deadline
         self.summary, self.notify = summary, notify
-        self.fingerprint = load_task(request).fingerprint()
+        self.task = load_task(request)
+        self.fingerprint = self.task.fingerprint()
         self.inflight: dict[Any, _InFlight] = {}
         # Evaluations submitted in this run (repeated configurations are not submitted).
         self.submitted = 0
@@ -580,6 +602,12 @@ class _Run:
             self.fail(trial, "-", f"invalid configuration: {e}")
             return
         trial.set_user_attr("fidelity", self.fidelity)
+        canonical = canonical_config(config, self.task)
+        if canonical != config:
+            # Steps that change nothing (distilling an unpruned encoder, say) are dropped, so the
+            # proposal is served as the configuration it equals (from the cache, if evaluated).
+            trial.set_user_attr("proposed_config", config.to_dict())
+            config = canonical
         if self.serve_repeat(trial, config):
             return
         self.repeats = 0
@@ -820,7 +848,14 @@ def pareto_ranks(values: list[list[float]], directions: list[str]) -> list[int]:
     return ranks
 
 
-def promote(screen: optuna.Study, since: int, fraction: float, target: optuna.Study, directions: list[str]) -> int:
+def promote(
+    screen: optuna.Study,
+    since: int,
+    fraction: float,
+    target: optuna.Study,
+    directions: list[str],
+    space: SearchSpace | None = None,
+) -> int:
     """Queues the best ``fraction`` (by Pareto rank) of the screen trials numbered ``>= since`` into
     ``target``, skipping configurations ``target`` already holds. Returns how many were queued."""
     import math as _math
@@ -844,7 +879,8 @@ def promote(screen: optuna.Study, since: int, fraction: float, target: optuna.St
         if config.config_hash in held:
             continue
         held.add(config.config_hash)
-        target.enqueue_trial(SearchSpace.params_of(config), user_attrs={"promoted_from": f"screen#{done[i].number}"})
+        params = SearchSpace.params_of(config, space)
+        target.enqueue_trial(params, user_attrs={"promoted_from": f"screen#{done[i].number}"})
         queued += 1
     return queued
 
@@ -900,7 +936,7 @@ def successive_halving(main: _Run, locations: Locations, active: list[_Run]) -> 
         active[0] = screen
         screen.loop()
         main.summary.screened += screen.summary.completed + screen.summary.failed
-        promoted = promote(screen_study, since, fidelity.promote_fraction, main.study, spec.directions)
+        promoted = promote(screen_study, since, fidelity.promote_fraction, main.study, spec.directions, spec.space)
         main.notify("promote", {"screened": screen.summary.completed, "promoted": promoted})
         if screen.stopped is not None:  # evaluate what this last round promoted, then stop
             main.summary.stopped = f"screening stopped: {screen.stopped}"
@@ -947,6 +983,7 @@ def run_study(
     study = open_study(spec, locations)
     artifact_store = get_artifact_store(locations.artifact_dir)
     summary.warm_started = warm_start(study, spec, locations.storage_url)
+    summary.recipes_queued = queue_recipes(study, spec)
     summary.orphans_requeued = requeue_orphans(
         study,
         "orphaned: the driver stopped before this trial finished (killed or crashed); its parameters were queued again",

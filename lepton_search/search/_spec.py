@@ -236,6 +236,10 @@ class StudySpec(_Strict):
     cost: CostSpec = Field(default_factory=CostSpec)
     nightly: NightlySpec | None = None
     fidelity: FidelitySpec | None = None
+    recipes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Known configurations evaluated first, as config sections (quantization, pruning, ...).",
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -271,6 +275,35 @@ class StudySpec(_Strict):
             except ConfigError as e:
                 raise ValueError(str(e)) from e
         return self
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes_are_configs(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from lepton_search.spaces import CompressionConfig
+
+        for i, recipe in enumerate(v):
+            try:
+                CompressionConfig.from_dict(recipe)
+            except ConfigError as e:
+                raise ValueError(f"recipe {i + 1} is not a valid configuration: {e}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _recipes_in_space(self) -> StudySpec:
+        for i, config in enumerate(self.recipe_configs):
+            if not self.space.contains(config):
+                raise ValueError(
+                    f"recipe {i + 1} ({config.describe()}) lies outside [space]: a sampler could never propose it, so "
+                    "its trial could not be re-queued. Widen [space] to include it, or remove the recipe"
+                )
+        return self
+
+    @property
+    def recipe_configs(self) -> list[Any]:
+        """``[[recipes]]`` as :class:`~lepton_search.spaces.CompressionConfig` objects."""
+        from lepton_search.spaces import CompressionConfig
+
+        return [CompressionConfig.from_dict(recipe) for recipe in self.recipes]
 
     @property
     def backends(self) -> list[str]:
@@ -317,6 +350,9 @@ def _format_errors(error: ValidationError, source: str) -> str:
         message = item["msg"].removeprefix("Value error, ").rstrip(".")
         if item["type"] == "missing":
             lines.append(f"  - {key}: required key is missing.")
+            continue
+        if not loc:  # a check across sections: the message names what it is about
+            lines.append(f"  - {message}.")
             continue
         lines.append(f"  - {key} = {item.get('input')!r}: {message}.")
     return "\n".join(lines)

@@ -7,12 +7,14 @@ from lepton_search.spaces._config import (
     CompressionConfig,
     DeploymentConfig,
     DistillConfig,
+    GraphConfig,
     PruneConfig,
     QuantizeConfig,
 )
 from lepton_search.spaces._space import (
     DeploymentSpace,
     DistillationSpace,
+    GraphSpace,
     PruningSpace,
     QuantizationSpace,
     SearchSpace,
@@ -24,6 +26,8 @@ __all__ = [
     "DeploymentSpace",
     "DistillConfig",
     "DistillationSpace",
+    "GraphConfig",
+    "GraphSpace",
     "PruneConfig",
     "PruningSpace",
     "QuantizationSpace",

@@ -21,9 +21,13 @@ Int8Mode = Literal["dynamic", "static"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 Granularity = Literal["per_channel", "per_tensor"]
 PruneMethod = Literal["none", "unstructured", "channel", "depth", "2:4"]
-ChannelImportance = Literal["activation", "l1", "l2", "taylor"]
+ChannelImportance = Literal["activation", "contribution", "l1", "l2", "taylor"]
+Reconstruction = Literal["least_squares"]
 PruneScope = Literal["uniform", "global"]
 DistillMethod = Literal["none", "soft", "hard"]
+GraphFusion = Literal["none", "transformer"]
+SkipLayerNorm = Literal["fused", "unfused"]
+OptimizationLevel = Literal["basic", "extended", "all"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "int4")
 #: Precisions that ONNX Runtime's quantization tools produce; only these take ``fp32_fraction``.
@@ -36,7 +40,9 @@ INT4_BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 #: Rows per calibration batch: static int8 calibrates on ``calibration_batches`` x this many samples.
 CALIBRATION_BATCH_SIZE = 64
 PRUNE_METHODS: tuple[str, ...] = ("none", "unstructured", "channel", "depth", "2:4")
-CHANNEL_IMPORTANCES: tuple[str, ...] = ("activation", "l1", "l2", "taylor")
+CHANNEL_IMPORTANCES: tuple[str, ...] = ("activation", "contribution", "l1", "l2", "taylor")
+RECONSTRUCTIONS: tuple[str, ...] = ("least_squares",)
+MAX_PRUNE_ITERATIONS = 8
 PRUNE_SCOPES: tuple[str, ...] = ("uniform", "global")
 # 2:4 semi-structured sparsity has kernels only on NVIDIA GPUs of compute capability 8.0 or newer,
 # reached through torch (torch.sparse.to_sparse_semi_structured); every other backend runs the
@@ -44,7 +50,11 @@ PRUNE_SCOPES: tuple[str, ...] = ("uniform", "global")
 SEMI_STRUCTURED_BACKENDS: tuple[str, ...] = ("torch-cuda",)
 SEMI_STRUCTURED_RATIO = 0.5
 DISTILL_METHODS: tuple[str, ...] = ("none", "soft", "hard")
+GRAPH_FUSIONS: tuple[str, ...] = ("none", "transformer")
+SKIP_LAYER_NORMS: tuple[str, ...] = ("fused", "unfused")
+OPTIMIZATION_LEVELS: tuple[str, ...] = ("basic", "extended", "all")
 MAX_PRUNE_RATIO = 0.9
+MAX_DISTILL_STEPS = 100_000
 
 
 def _require(condition: bool, message: str) -> None:
@@ -212,25 +222,38 @@ class PruneConfig:
     ``torch-cuda`` backend on an NVIDIA GPU of compute capability 8.0 or newer runs it faster
     (:meth:`check_backend`).
 
-    Channel pruning only: ``importance`` ranks channels (None: the default, activation on
-    calibration batches for transformers' heads and feed-forward neurons, L1 weight magnitude
-    otherwise; ``l1``/``l2`` weight magnitude; ``activation``; ``taylor``, first-order Taylor
-    expansion of the task loss, from gradients on training batches). ``scope`` ``global`` ranks all
-    layers' channels together, so layers lose different fractions; None or ``uniform`` removes
-    ``ratio`` of every layer's channels.
+    Channel pruning only: ``importance`` ranks channels (None: the default, ``contribution`` for
+    transformers' heads and feed-forward neurons, L1 weight magnitude otherwise; ``l1``/``l2``
+    weight magnitude; ``activation``, the unit's activation on calibration batches;
+    ``contribution``, the size of what the unit adds to its layer's output, activation times
+    outgoing weights; ``taylor``, first-order Taylor expansion of the task loss, from gradients on
+    training batches, for models without attention heads). ``scope`` ``global`` ranks all layers'
+    channels together, so layers lose different fractions; None or ``uniform`` removes ``ratio``
+    of every layer's channels.
+
+    Transformers (tasks that name pruning units, ``Task.pruning_units``): ``ratio`` is the fraction
+    of feed-forward neurons removed and ``head_ratio`` the fraction of attention heads (None: no
+    head is removed); counts are rounded to the nearest unit, not up. ``reconstruction =
+    "least_squares"`` refits each pruned layer's output projection to reproduce, from the units it
+    keeps, what the layer computed before (ridge least squares on calibration activations, layer
+    after layer). ``iterations`` (None or 1: one shot) prunes in that many equal steps with an
+    equal share of the distillation budget after each, so the student adapts between removals.
     """
 
     method: PruneMethod = "none"
     ratio: float = 0.0
     importance: ChannelImportance | None = None
     scope: PruneScope | None = None
+    head_ratio: float | None = None
+    reconstruction: Reconstruction | None = None
+    iterations: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("pruning.method", self.method, PRUNE_METHODS)
         ratio = _check_number("pruning.ratio", self.ratio)
         _set_float(self, "ratio", ratio)
         if self.method != "channel":
-            extra = _set_keys(self, ("importance", "scope"))
+            extra = _set_keys(self, ("importance", "scope", "head_ratio", "reconstruction", "iterations"))
             _require(
                 not extra,
                 f"pruning.method = {self.method!r} takes no {', '.join(extra)}; remove them "
@@ -241,6 +264,25 @@ class PruneConfig:
                 _check_choice("pruning.importance", self.importance, CHANNEL_IMPORTANCES)
             if self.scope is not None:
                 _check_choice("pruning.scope", self.scope, PRUNE_SCOPES)
+            if self.reconstruction is not None:
+                _check_choice("pruning.reconstruction", self.reconstruction, RECONSTRUCTIONS)
+            if self.head_ratio is not None:
+                head_ratio = _check_number("pruning.head_ratio", self.head_ratio)
+                _require(
+                    0.0 <= head_ratio <= MAX_PRUNE_RATIO,
+                    f"pruning.head_ratio = {self.head_ratio!r} is out of range; use a value in [0, {MAX_PRUNE_RATIO}] "
+                    "(the fraction of attention heads removed), or leave it out to keep every head.",
+                )
+                # No head removed is no head pruning: one config, one hash.
+                object.__setattr__(self, "head_ratio", head_ratio or None)
+            if self.iterations is not None:
+                _require(
+                    _is_integer(self.iterations) and 1 <= self.iterations <= MAX_PRUNE_ITERATIONS,
+                    f"pruning.iterations = {self.iterations!r} must be an integer in [1, {MAX_PRUNE_ITERATIONS}] "
+                    "(prune-then-distill steps), or left out for one-shot pruning.",
+                )
+                if self.iterations == 1:
+                    object.__setattr__(self, "iterations", None)  # one step is one-shot: one config, one hash
         if self.method == "none":
             _require(
                 ratio == 0.0,
@@ -284,7 +326,13 @@ class DistillConfig:
     ``hard`` trains on the teacher's argmax labels. ``hidden_weight`` (in [0, 1]; None: off) adds
     that times a loss between the student's and the teacher's intermediate representations (the
     layers the task names; a depth-pruned student's kept layers are matched to the teacher layers
-    they came from).
+    they came from). ``relation_weight`` (in [0, 1]; None: off) adds that times MiniLM v2's
+    self-attention relation loss: the KL divergence between the teacher's and the student's
+    query-query, key-key and value-value relations in the last attention layer.
+
+    The budget is ``epochs`` passes over the task's training data (constant ``learning_rate``,
+    Adam: the original recipe), or ``steps`` optimizer steps (AdamW, linear warm-up over the first
+    ``warmup`` fraction of the steps, then linear decay to zero), never both.
     """
 
     method: DistillMethod = "none"
@@ -293,6 +341,9 @@ class DistillConfig:
     epochs: int = 0
     learning_rate: float = 1e-3
     hidden_weight: float | None = None
+    steps: int | None = None
+    warmup: float | None = None
+    relation_weight: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("distillation.method", self.method, DISTILL_METHODS)
@@ -307,8 +358,17 @@ class DistillConfig:
         learning_rate = _check_number("distillation.learning_rate", self.learning_rate)
         _require(learning_rate > 0, f"distillation.learning_rate = {self.learning_rate!r} must be > 0.")
         _set_float(self, "learning_rate", learning_rate)
+        if self.relation_weight is not None:
+            relation_weight = _check_number("distillation.relation_weight", self.relation_weight)
+            _require(
+                0.0 <= relation_weight <= 1.0,
+                f"distillation.relation_weight = {self.relation_weight!r} must be in [0, 1] (or left out: no "
+                "attention-relation loss).",
+            )
+            # A zero weight is no relation loss (and needs no teacher pass): one config, one hash.
+            object.__setattr__(self, "relation_weight", relation_weight or None)
         if self.method == "none":
-            extra = _set_keys(self, ("temperature", "alpha", "hidden_weight"))
+            extra = _set_keys(self, ("temperature", "alpha", "hidden_weight", "steps", "warmup", "relation_weight"))
             if not (_is_integer(self.epochs) and self.epochs == 0):
                 extra.append(f"epochs = {self.epochs!r}")
             _require(
@@ -317,10 +377,33 @@ class DistillConfig:
                 "(or choose method 'soft' or 'hard').",
             )
             return
-        _require(
-            _is_integer(self.epochs) and self.epochs >= 1,
-            f"distillation.epochs = {self.epochs!r} must be an integer >= 1.",
-        )
+        if self.steps is not None:
+            _require(
+                _is_integer(self.steps) and 1 <= self.steps <= MAX_DISTILL_STEPS,
+                f"distillation.steps = {self.steps!r} must be an integer in [1, {MAX_DISTILL_STEPS}] (optimizer "
+                "steps).",
+            )
+            _require(
+                _is_integer(self.epochs) and self.epochs == 0,
+                f"distillation.steps = {self.steps} and epochs = {self.epochs!r} both set a budget; keep one (steps: "
+                "optimizer steps with warm-up and decay; epochs: passes at a constant learning rate).",
+            )
+            warmup = _check_number("distillation.warmup", 0.1 if self.warmup is None else self.warmup)
+            _require(
+                0.0 <= warmup < 1.0,
+                f"distillation.warmup = {self.warmup!r} must be in [0, 1): the fraction of the steps spent warming up.",
+            )
+            _set_float(self, "warmup", warmup)
+        else:
+            _require(
+                self.warmup is None,
+                f"distillation.warmup = {self.warmup!r} needs a step budget (distillation.steps); with epochs the "
+                "learning rate is constant.",
+            )
+            _require(
+                _is_integer(self.epochs) and self.epochs >= 1,
+                f"distillation.epochs = {self.epochs!r} must be an integer >= 1 (or set steps instead).",
+            )
         if self.method == "hard":
             extra = _set_keys(self, ("temperature", "alpha"))
             _require(
@@ -337,6 +420,59 @@ class DistillConfig:
         _require(0.0 <= alpha <= 1.0, f"distillation.alpha = {self.alpha!r} must be in [0, 1].")
         _set_float(self, "temperature", temperature)
         _set_float(self, "alpha", alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphConfig:
+    """How the exported ONNX graph is built and optimised; ``None`` everywhere is the plain export
+    a user gets from ``torch.onnx.export`` run at ONNX Runtime's full session optimisation.
+
+    ``fusion = "transformer"`` runs ONNX Runtime's transformer optimizer
+    (``onnxruntime.transformers.optimizer``) for the task's model type, which fuses each attention
+    block into one ``Attention`` node (``QAttention`` after dynamic int8) and the bias and GELU into
+    ``BiasGelu``; a trial whose requested fusions did not all happen fails with that reason.
+    ``skip_layer_norm = "unfused"`` keeps each residual addition apart from the LayerNormalization
+    that follows it, so ONNX Runtime does not fuse the two into ``SkipLayerNormalization`` (whose
+    CPU kernel was several times slower than the two ops it replaces on the AVX-512 development
+    CPU); ``"fused"`` lets the transformer optimizer fuse them. Both export the task's
+    fusion-friendly module (``Task.export_module``) with the TorchScript exporter, the graph
+    ONNX Runtime's transformer tools are written for. ``optimization_level`` is the session's
+    graph optimisation level (``all`` when left out), recorded in the model file's metadata so
+    that every session that opens it uses it.
+    """
+
+    fusion: GraphFusion | None = None
+    skip_layer_norm: SkipLayerNorm | None = None
+    optimization_level: OptimizationLevel | None = None
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("fusion", GRAPH_FUSIONS),
+            ("skip_layer_norm", SKIP_LAYER_NORMS),
+            ("optimization_level", OPTIMIZATION_LEVELS),
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                _check_choice(f"graph.{name}", value, allowed)
+        if self.fusion == "none":
+            object.__setattr__(self, "fusion", None)  # the same graph: one config, one hash
+        if self.optimization_level == "all":
+            object.__setattr__(self, "optimization_level", None)
+
+    @property
+    def is_default(self) -> bool:
+        """True for the plain export at full session optimisation."""
+        return self == GraphConfig()
+
+    def to_knobs(self) -> dict[str, str]:
+        """The knobs that are set, as ``{name: value}``."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @property
+    def rewrites_graph(self) -> bool:
+        """Whether the model is exported through the task's fusion-friendly module (any knob but the
+        session level)."""
+        return self.fusion is not None or self.skip_layer_norm is not None
 
 
 #: Precisions a torch backend runs, by device class: the module is cast to the dtype (a wrapper
@@ -425,8 +561,9 @@ class DeploymentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CompressionConfig:
-    """Everything one trial applies to the teacher, in pipeline order: prune, distill, quantize,
-    and the deployment it is measured at (default: the study's ``[measurement]`` settings)."""
+    """Everything one trial applies to the teacher, in pipeline order: prune, distill, export (the
+    graph settings), quantize, and the deployment it is measured at (default: the study's
+    ``[measurement]`` settings)."""
 
     SCHEMA_VERSION: ClassVar[int] = 1
 
@@ -434,10 +571,28 @@ class CompressionConfig:
     pruning: PruneConfig = dataclasses.field(default_factory=PruneConfig)
     distillation: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     deployment: DeploymentConfig = dataclasses.field(default_factory=DeploymentConfig)
+    graph: GraphConfig = dataclasses.field(default_factory=GraphConfig)
 
     def __post_init__(self) -> None:
         if self.deployment.backend is not None:
             check_backend_precision(self.deployment.backend, self.quantization)
+        if self.graph.is_default:
+            return
+        if self.deployment.backend is not None:
+            model_format, _ = backend_traits(self.deployment.backend)
+            _require(
+                model_format == "onnx",
+                f"graph settings {self.graph.to_knobs()} apply to ONNX graphs, but deployment.backend = "
+                f"{self.deployment.backend!r} runs a torch.export program; remove the graph settings for torch "
+                "backends (or deploy on an onnxruntime-* backend).",
+            )
+        q = self.quantization
+        _require(
+            not (self.graph.fusion == "transformer" and q.precision == "int8" and q.int8_mode == "static"),
+            "graph.fusion = 'transformer' does not combine with static QDQ int8: ONNX Runtime's fused Attention has no "
+            "QDQ form, so the quantized graph would lose the fusion (onnxruntime issue 8770). Use int8_mode = "
+            "'dynamic' with fusion (it becomes QAttention), or leave fusion out for static int8.",
+        )
 
     @property
     def is_baseline(self) -> bool:
@@ -447,15 +602,16 @@ class CompressionConfig:
     def to_dict(self) -> dict[str, Any]:
         """The plain nested dict of the fields, with ``None`` values left out.
 
-        A deployment with every field ``None`` is left out entirely, so configs without deployment
-        knobs keep the JSON (and hash) they had before the section existed.
+        A deployment or graph section with every field ``None`` is left out entirely, so configs
+        without those knobs keep the JSON (and hash) they had before the sections existed.
         """
         data = {
             section.name: {k: v for k, v in dataclasses.asdict(getattr(self, section.name)).items() if v is not None}
             for section in dataclasses.fields(self)
         }
-        if not data["deployment"]:
-            del data["deployment"]
+        for optional in ("deployment", "graph"):
+            if not data[optional]:
+                del data[optional]
         return data
 
     def to_json(self) -> str:
@@ -476,6 +632,7 @@ class CompressionConfig:
             "pruning": PruneConfig,
             "distillation": DistillConfig,
             "deployment": DeploymentConfig,
+            "graph": GraphConfig,
         }
         _require(isinstance(data, dict), f"Config data must be an object of sections, got {data!r}.")
         unknown = set(data) - set(sections)
@@ -543,13 +700,31 @@ class CompressionConfig:
         elif pr.method == "depth":
             parts.append(f"depth -{pr.ratio:.0%} blocks")
         elif pr.method != "none":
-            knobs = ", ".join(k for k in (pr.importance, pr.scope) if k is not None)
-            parts.append(f"{pr.method} {pr.ratio:.0%}" + (f" ({knobs})" if knobs else ""))
+            knobs = [k for k in (pr.importance, pr.scope) if k is not None]
+            if pr.reconstruction is not None:
+                knobs.append("refit")
+            if pr.iterations is not None:
+                knobs.append(f"{pr.iterations} steps")
+            what = f"{pr.method} {pr.ratio:.0%}"
+            if pr.head_ratio:
+                what = f"FFN {pr.ratio:.0%} + heads {pr.head_ratio:.0%}"
+            parts.append(what + (f" ({', '.join(knobs)})" if knobs else ""))
         if self.distillation.method != "none":
-            kd = f"{self.distillation.method} KD x{self.distillation.epochs}"
-            if self.distillation.hidden_weight is not None:
-                kd += f" +hidden {self.distillation.hidden_weight:g}"
+            d = self.distillation
+            budget = f"{d.steps} steps" if d.steps is not None else f"x{d.epochs}"
+            kd = f"{d.method} KD {budget}"
+            if d.hidden_weight is not None:
+                kd += f" +hidden {d.hidden_weight:g}"
+            if d.relation_weight is not None:
+                kd += f" +relations {d.relation_weight:g}"
             parts.append(kd)
+        g = self.graph
+        if g.fusion is not None:
+            parts.append("fused")
+        if g.skip_layer_norm == "unfused":
+            parts.append("unfused skip-LN")
+        if g.optimization_level is not None:
+            parts.append(f"ORT {g.optimization_level}")
         label = " + ".join(parts)
         d = self.deployment
         where = [

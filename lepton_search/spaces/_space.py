@@ -13,6 +13,7 @@ static QDQ int8 is the mode for convolutional models.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,6 +23,8 @@ from lepton_search.spaces._config import (
     INT4_BLOCK_SIZES,
     MAX_DEPLOY_BATCH_SIZE,
     MAX_DEPLOY_THREADS,
+    MAX_DISTILL_STEPS,
+    MAX_PRUNE_ITERATIONS,
     MAX_PRUNE_RATIO,
     CalibrationMethod,
     ChannelImportance,
@@ -30,12 +33,16 @@ from lepton_search.spaces._config import (
     DistillConfig,
     DistillMethod,
     Granularity,
+    GraphConfig,
+    GraphFusion,
     Int8Mode,
+    OptimizationLevel,
     Precision,
     PruneConfig,
     PruneMethod,
     PruneScope,
     QuantizeConfig,
+    SkipLayerNorm,
     backend_traits,
     torch_precisions,
 )
@@ -219,7 +226,10 @@ class PruningSpace(_Section):
     it needs a task that names them (``Task.depth_blocks``). ``2:4`` takes no ratio and runs faster
     only on the ``torch-cuda`` backend (:meth:`check_backend`). ``importance`` and ``scope`` are
     searched for ``channel`` pruning only when listed; left out, channel pruning keeps its default
-    (activation importance for transformers, L1 magnitude otherwise; a uniform ratio per layer).
+    (contribution importance for transformers, L1 magnitude otherwise; a uniform ratio per layer).
+    For transformers, ``ratio`` is the feed-forward neurons' share and ``head_ratio`` (when listed)
+    the attention heads'; ``reconstruction`` and ``iterations`` search the least-squares refit and
+    iterative pruning (see :class:`~lepton_search.spaces.PruneConfig`).
     """
 
     method: list[PruneMethod] = Field(default_factory=lambda: ["none", "unstructured", "channel"])
@@ -231,16 +241,43 @@ class PruningSpace(_Section):
     scope: list[PruneScope] | None = Field(
         default=None, description="uniform (every layer loses the ratio) and/or global (ranked across layers)."
     )
+    head_ratio: tuple[float, float] | None = Field(
+        default=None, description="[low, high] within [0, 0.9]: fraction of attention heads removed (None: none)"
+    )
+    head_ratio_step: float = Field(default=0.05, gt=0, le=0.5)
+    reconstruction: list[Literal["none", "least_squares"]] | None = Field(
+        default=None, description="none and/or least_squares (refit each pruned layer's output projection)"
+    )
+    iterations: list[int] | None = Field(default=None, description="prune-then-distill steps to try (1: one shot)")
 
     @field_validator("method")
     @classmethod
     def _choices(cls, v: list[Any]) -> list[Any]:
         return _non_empty_unique(v, "pruning.method")
 
-    @field_validator("importance", "scope")
+    @field_validator("importance", "scope", "reconstruction")
     @classmethod
     def _optional_choices(cls, v: list[Any] | None, info: Any) -> list[Any] | None:
         return None if v is None else _non_empty_unique(v, f"pruning.{info.field_name}")
+
+    @field_validator("head_ratio")
+    @classmethod
+    def _head_ratio(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] <= v[1] <= MAX_PRUNE_RATIO:
+            raise ValueError(
+                f"head_ratio must be [low, high] with 0 <= low <= high <= {MAX_PRUNE_RATIO}, got {list(v)}"
+            )
+        return v
+
+    @field_validator("iterations")
+    @classmethod
+    def _iterations(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        bad = [x for x in _non_empty_unique(v, "pruning.iterations") if not 1 <= x <= MAX_PRUNE_ITERATIONS]
+        if bad:
+            raise ValueError(f"iterations choices must be in [1, {MAX_PRUNE_ITERATIONS}], got {bad}")
+        return v
 
     @field_validator("ratio")
     @classmethod
@@ -269,7 +306,23 @@ class PruningSpace(_Section):
             return PruneConfig(method=method, ratio=round(ratio, 6))
         importance = None if self.importance is None else trial.suggest_categorical("prune_importance", self.importance)
         scope = None if self.scope is None else trial.suggest_categorical("prune_scope", self.scope)
-        return PruneConfig(method=method, ratio=round(ratio, 6), importance=importance, scope=scope)
+        head_ratio = None
+        if self.head_ratio is not None:
+            low, high = self.head_ratio
+            head_ratio = round(trial.suggest_float("prune_head_ratio", low, high, step=self.head_ratio_step), 6)
+        reconstruction = None
+        if self.reconstruction is not None:
+            reconstruction = trial.suggest_categorical("prune_reconstruction", self.reconstruction)
+        iterations = None if self.iterations is None else trial.suggest_categorical("prune_iterations", self.iterations)
+        return PruneConfig(
+            method=method,
+            ratio=round(ratio, 6),
+            importance=importance,
+            scope=scope,
+            head_ratio=head_ratio,
+            reconstruction=None if reconstruction == "none" else reconstruction,
+            iterations=iterations,
+        )
 
     def contains(self, config: PruneConfig) -> bool:
         if config.method not in self.method:
@@ -283,10 +336,24 @@ class PruningSpace(_Section):
         for offered, value in ((self.importance, config.importance), (self.scope, config.scope)):
             if (value is None) != (offered is None) or (offered is not None and value not in offered):
                 return False
-        return True
+        if self.head_ratio is None:
+            if config.head_ratio is not None:
+                return False
+        elif not self.head_ratio[0] - 1e-9 <= (config.head_ratio or 0.0) <= self.head_ratio[1] + 1e-9:
+            return False  # a head ratio of 0 is stored as None
+        if self.reconstruction is None:
+            if config.reconstruction is not None:
+                return False
+        elif (config.reconstruction or "none") not in self.reconstruction:
+            return False
+        if self.iterations is None:
+            return config.iterations is None
+        return (config.iterations or 1) in self.iterations
 
     @staticmethod
-    def params_of(config: PruneConfig) -> dict[str, Any]:
+    def params_of(config: PruneConfig, space: PruningSpace | None = None) -> dict[str, Any]:
+        """The parameters of ``config``; a knob's default (no reconstruction, one iteration) is one
+        only for a ``space`` that searches the knob."""
         params: dict[str, Any] = {"prune_method": config.method}
         if config.method not in ("none", "2:4"):
             params["prune_ratio"] = config.ratio
@@ -294,24 +361,46 @@ class PruningSpace(_Section):
             params["prune_importance"] = config.importance
         if config.scope is not None:
             params["prune_scope"] = config.scope
+        searched_heads = space is not None and space.head_ratio is not None and config.method == "channel"
+        if config.head_ratio is not None or searched_heads:
+            params["prune_head_ratio"] = config.head_ratio or 0.0
+        if config.method == "channel" and (space is not None and space.reconstruction is not None):
+            params["prune_reconstruction"] = config.reconstruction or "none"
+        elif config.reconstruction is not None:
+            params["prune_reconstruction"] = config.reconstruction
+        if config.method == "channel" and (space is not None and space.iterations is not None):
+            params["prune_iterations"] = config.iterations or 1
+        elif config.iterations is not None:
+            params["prune_iterations"] = config.iterations
         return params
 
 
 class DistillationSpace(_Section):
     """Distillation methods and their ranges; temperature is searched on a log scale.
 
+    The budget is ``epochs`` ([low, high] passes at a constant learning rate, Adam), or, when
+    ``steps`` lists choices of optimizer steps, a step budget with AdamW, linear warm-up over the
+    first ``warmup`` fraction and linear decay (``epochs`` is then not searched).
+    ``learning_rate`` is one value, or [low, high] searched on a log scale.
+
     ``hidden_weight`` ([low, high] within [0, 1]) searches hidden-state distillation's weight when
     given; left out, no hidden-state loss is used. It needs a task that names its hidden layers
-    (``Task.hidden_layers``).
+    (``Task.hidden_layers``). ``relation_weight`` does the same for MiniLM v2's attention-relation
+    loss (``Task.relation_layers``).
     """
 
     method: list[DistillMethod] = Field(default_factory=lambda: ["none", "soft", "hard"])
     temperature: tuple[float, float] = (1.0, 20.0)
     alpha: tuple[float, float] = (0.0, 1.0)
     epochs: tuple[int, int] = (1, 6)
-    learning_rate: float = Field(default=1e-3, gt=0)
+    steps: list[int] | None = Field(default=None, description="optimizer-step budgets to try (None: epochs)")
+    warmup: float = Field(default=0.1, ge=0.0, lt=1.0, description="warm-up fraction of a step budget")
+    learning_rate: Any = Field(default=1e-3, description="a value, or [low, high] searched on a log scale")
     hidden_weight: tuple[float, float] | None = Field(
         default=None, description="[low, high] within [0, 1]: weight of the hidden-state loss (None: off)"
+    )
+    relation_weight: tuple[float, float] | None = Field(
+        default=None, description="[low, high] within [0, 1]: weight of the attention-relation loss (None: off)"
     )
 
     @field_validator("method")
@@ -333,11 +422,11 @@ class DistillationSpace(_Section):
             raise ValueError(f"alpha must be [low, high] within [0, 1], got {list(v)}")
         return v
 
-    @field_validator("hidden_weight")
+    @field_validator("hidden_weight", "relation_weight")
     @classmethod
-    def _hidden_weight(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+    def _weight(cls, v: tuple[float, float] | None, info: Any) -> tuple[float, float] | None:
         if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
-            raise ValueError(f"hidden_weight must be [low, high] within [0, 1], got {list(v)}")
+            raise ValueError(f"{info.field_name} must be [low, high] within [0, 1], got {list(v)}")
         return v
 
     @field_validator("epochs")
@@ -347,41 +436,87 @@ class DistillationSpace(_Section):
             raise ValueError(f"epochs must be [low, high] within [1, 100], got {list(v)}")
         return v
 
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        bad = [x for x in _non_empty_unique(v, "distillation.steps") if not 1 <= x <= MAX_DISTILL_STEPS]
+        if bad:
+            raise ValueError(f"steps choices must be in [1, {MAX_DISTILL_STEPS}], got {bad}")
+        return v
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _learning_rate(cls, v: Any) -> float | tuple[float, float]:
+        values = list(v) if isinstance(v, (list, tuple)) else [v]
+        if len(values) not in (1, 2) or (isinstance(v, (list, tuple)) and len(values) != 2):
+            raise ValueError(f"learning_rate must be a number or [low, high], got {v!r}")
+        for value in values:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"learning_rate must be a number or [low, high] of numbers, got {v!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"learning_rate must be finite, got {v!r}")
+            if value <= 0:
+                raise ValueError(f"learning_rate must be greater than 0, got {v!r}")
+        if len(values) == 1:
+            return float(values[0])
+        low, high = float(values[0]), float(values[1])
+        if low > high:
+            raise ValueError(f"learning_rate must be [low, high] with low <= high, got {v!r}")
+        return (low, high)
+
     def suggest(self, trial: TrialLike) -> DistillConfig:
         kd = trial.suggest_categorical("distill_method", self.method)
         if kd == "none":
             return DistillConfig()
-        epochs = trial.suggest_int("distill_epochs", *self.epochs)
+        budget: dict[str, Any]
+        if self.steps is not None:
+            budget = {"steps": trial.suggest_categorical("distill_steps", self.steps), "warmup": self.warmup}
+        else:
+            budget = {"epochs": trial.suggest_int("distill_epochs", *self.epochs)}
+        if isinstance(self.learning_rate, tuple):
+            budget["learning_rate"] = trial.suggest_float("distill_learning_rate", *self.learning_rate, log=True)
+        else:
+            budget["learning_rate"] = self.learning_rate
+        losses = {"hidden_weight": self._hidden(trial), "relation_weight": self._relations(trial)}
         if kd == "hard":
-            return DistillConfig(
-                method="hard", epochs=epochs, learning_rate=self.learning_rate, hidden_weight=self._hidden(trial)
-            )
+            return DistillConfig(method="hard", **budget, **losses)
         temperature = trial.suggest_float("distill_temperature", *self.temperature, log=True)
         alpha = trial.suggest_float("distill_alpha", *self.alpha)
-        return DistillConfig(
-            method="soft",
-            temperature=temperature,
-            alpha=alpha,
-            epochs=epochs,
-            learning_rate=self.learning_rate,
-            hidden_weight=self._hidden(trial),
-        )
+        return DistillConfig(method="soft", temperature=temperature, alpha=alpha, **budget, **losses)
 
     def _hidden(self, trial: TrialLike) -> float | None:
         if self.hidden_weight is None:
             return None
         return trial.suggest_float("distill_hidden_weight", *self.hidden_weight)
 
+    def _relations(self, trial: TrialLike) -> float | None:
+        if self.relation_weight is None:
+            return None
+        return trial.suggest_float("distill_relation_weight", *self.relation_weight)
+
     def contains(self, config: DistillConfig) -> bool:
         if config.method not in self.method:
             return False
         if config.method == "none":
             return True
-        checks = [self.epochs[0] <= config.epochs <= self.epochs[1], config.learning_rate == self.learning_rate]
+        if self.steps is not None:
+            checks = [config.steps in self.steps, config.warmup == self.warmup]
+        else:
+            checks = [config.steps is None, self.epochs[0] <= config.epochs <= self.epochs[1]]
+        if isinstance(self.learning_rate, tuple):
+            checks.append(self.learning_rate[0] <= config.learning_rate <= self.learning_rate[1])
+        else:
+            checks.append(config.learning_rate == self.learning_rate)
         if self.hidden_weight is None or config.hidden_weight is None:
             checks.append(self.hidden_weight is None and config.hidden_weight is None)
         else:
             checks.append(self.hidden_weight[0] <= config.hidden_weight <= self.hidden_weight[1])
+        if self.relation_weight is None:
+            checks.append(config.relation_weight is None)
+        else:  # a relation weight of 0 is stored as None
+            checks.append(self.relation_weight[0] <= (config.relation_weight or 0.0) <= self.relation_weight[1])
         if config.method == "soft":
             checks += [
                 self.temperature[0] <= (config.temperature or 0) <= self.temperature[1],
@@ -390,15 +525,23 @@ class DistillationSpace(_Section):
         return all(checks)
 
     @staticmethod
-    def params_of(config: DistillConfig) -> dict[str, Any]:
+    def params_of(config: DistillConfig, space: DistillationSpace | None = None) -> dict[str, Any]:
+        """The parameters of ``config``; the learning rate is one only for a ``space`` that searches it."""
         params: dict[str, Any] = {"distill_method": config.method}
         if config.method != "none":
-            params["distill_epochs"] = config.epochs
+            if config.steps is not None:
+                params["distill_steps"] = config.steps
+            else:
+                params["distill_epochs"] = config.epochs
+            if space is not None and isinstance(space.learning_rate, tuple):
+                params["distill_learning_rate"] = config.learning_rate
             if config.method == "soft":
                 params["distill_temperature"] = config.temperature
                 params["distill_alpha"] = config.alpha
             if config.hidden_weight is not None:
                 params["distill_hidden_weight"] = config.hidden_weight
+            if config.relation_weight is not None or (space is not None and space.relation_weight is not None):
+                params["distill_relation_weight"] = config.relation_weight or 0.0
         return params
 
 
@@ -509,6 +652,82 @@ class DeploymentSpace(_Section):
         return params
 
 
+def _none_for_default(value: str | None) -> Any:
+    return None if value == "default" else value
+
+
+class GraphSpace(_Section):
+    """``[space.graph]``: graph knobs of ONNX models, each searched only when listed.
+
+    - ``fusion``: ``none`` and/or ``transformer`` (ONNX Runtime's transformer optimizer: fused
+      ``Attention``, ``BiasGelu``; ``QAttention`` after dynamic int8). Not with static int8.
+    - ``skip_layer_norm``: ``default`` (as ONNX Runtime and the fusion choose), ``fused`` and/or
+      ``unfused`` (keep residual additions apart from the LayerNormalization after them; ONNX
+      Runtime otherwise fuses them into ``SkipLayerNormalization``).
+    - ``optimization_level``: ONNX Runtime session graph optimisation levels (``all`` is the
+      default, and the level every baseline runs at).
+
+    Left out, every trial is the plain ``torch.onnx.export`` graph at level ``all``.
+    """
+
+    fusion: list[GraphFusion] | None = Field(default=None, description="none and/or transformer")
+    skip_layer_norm: list[Literal["default", SkipLayerNorm]] | None = Field(
+        default=None, description="default (ONNX Runtime decides), fused and/or unfused"
+    )
+    optimization_level: list[OptimizationLevel] | None = Field(default=None, description="basic, extended, all")
+
+    @field_validator("fusion", "skip_layer_norm", "optimization_level")
+    @classmethod
+    def _choices(cls, v: list[Any] | None, info: Any) -> list[Any] | None:
+        return None if v is None else _non_empty_unique(v, f"graph.{info.field_name}")
+
+    def suggest(self, trial: TrialLike, quantization: QuantizeConfig) -> GraphConfig:
+        fusion_choices = self.fusion
+        if fusion_choices is not None and quantization.precision == "int8" and quantization.int8_mode == "static":
+            # Static QDQ int8 and fused Attention do not combine (see GraphConfig); only "none" remains.
+            fusion_choices = ["none"] if "none" in fusion_choices else None
+        skip = None
+        if self.skip_layer_norm:
+            skip = _none_for_default(trial.suggest_categorical("graph_skip_layer_norm", self.skip_layer_norm))
+        return GraphConfig(
+            fusion=trial.suggest_categorical("graph_fusion", fusion_choices) if fusion_choices else None,
+            skip_layer_norm=skip,
+            optimization_level=(
+                trial.suggest_categorical("graph_optimization_level", self.optimization_level)
+                if self.optimization_level
+                else None
+            ),
+        )
+
+    def contains(self, config: GraphConfig) -> bool:
+        for value, choices, default in (
+            (config.fusion, self.fusion, "none"),
+            (config.skip_layer_norm, self.skip_layer_norm, "default"),
+            (config.optimization_level, self.optimization_level, "all"),
+        ):
+            if choices is None:
+                if value is not None:
+                    return False
+            elif (value if value is not None else default) not in choices:
+                return False
+        return True
+
+    def params_of(self, config: GraphConfig, *, explicit: bool = False) -> dict[str, Any]:
+        """The parameters of ``config``: its set knobs, and (unless ``explicit``) the default value of
+        each knob this space searches."""
+        params: dict[str, Any] = {}
+        for name, value, choices, default in (
+            ("graph_fusion", config.fusion, self.fusion, "none"),
+            ("graph_skip_layer_norm", config.skip_layer_norm, self.skip_layer_norm, "default"),
+            ("graph_optimization_level", config.optimization_level, self.optimization_level, "all"),
+        ):
+            if value is not None:
+                params[name] = value
+            elif choices is not None and not explicit and default is not None:
+                params[name] = default
+        return params
+
+
 class SearchSpace(_Section):
     """The whole space of one study, as written under ``[space]`` in a study file.
 
@@ -523,6 +742,7 @@ class SearchSpace(_Section):
     pruning: PruningSpace = Field(default_factory=PruningSpace)
     distillation: DistillationSpace = Field(default_factory=DistillationSpace)
     deployment: DeploymentSpace = Field(default_factory=DeploymentSpace)
+    graph: GraphSpace = Field(default_factory=GraphSpace)
 
     @model_validator(mode="after")
     def _torch_backends_have_a_precision(self) -> SearchSpace:
@@ -546,11 +766,14 @@ class SearchSpace(_Section):
     def suggest(self, trial: TrialLike) -> CompressionConfig:
         """Asks the trial for each applicable parameter and returns the resulting config."""
         deployment = self.deployment.suggest(trial)
+        quantization = self._suggest_quantization(trial, deployment.backend)
+        onnx_backend = deployment.backend is None or torch_precisions(deployment.backend) is None
         return CompressionConfig(
-            quantization=self._suggest_quantization(trial, deployment.backend),
+            quantization=quantization,
             pruning=self.pruning.suggest(trial),
             distillation=self.distillation.suggest(trial),
             deployment=deployment,
+            graph=self.graph.suggest(trial, quantization) if onnx_backend else GraphConfig(),
         )
 
     def contains(self, config: CompressionConfig) -> bool:
@@ -568,13 +791,16 @@ class SearchSpace(_Section):
             and self.pruning.contains(config.pruning)
             and self.distillation.contains(config.distillation)
             and self.deployment.contains(config.deployment)
+            and (config.graph.is_default or self.graph.contains(config.graph))
         )
 
     @staticmethod
-    def params_of(config: CompressionConfig) -> dict[str, Any]:
+    def params_of(config: CompressionConfig, space: SearchSpace | None = None) -> dict[str, Any]:
         """The trial parameters that :meth:`suggest` would need to produce ``config``.
 
-        Used to re-queue a trial (resume, warm start) with exactly the same configuration.
+        Used to re-queue a trial (resume, warm start) with exactly the same configuration. Pass the
+        ``space`` the trial will be asked in when it searches graph knobs: a default graph setting
+        (no fusion, level ``all``) is then a parameter too.
         """
         backend = config.deployment.backend
         quantization = (
@@ -585,6 +811,7 @@ class SearchSpace(_Section):
         return {
             **DeploymentSpace.params_of(config.deployment),
             **quantization,
-            **PruningSpace.params_of(config.pruning),
-            **DistillationSpace.params_of(config.distillation),
+            **PruningSpace.params_of(config.pruning, space.pruning if space is not None else None),
+            **DistillationSpace.params_of(config.distillation, None if space is None else space.distillation),
+            **(space.graph if space is not None else GraphSpace()).params_of(config.graph, explicit=space is None),
         }

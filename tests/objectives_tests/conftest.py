@@ -115,3 +115,12 @@ def _skip_gpu_tests_without_cuda(request: pytest.FixtureRequest) -> None:
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         pytest.skip(f"needs an NVIDIA GPU: torch {torch.__version__} ({build}) sees none")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (4 heads of 8, 64 feed-forward neurons) with random weights, and a WordPiece
+    vocabulary of the passages' 400 most common words, saved as a model directory."""
+    from lepton_search.testing.tiny_bert import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

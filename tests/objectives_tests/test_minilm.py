@@ -25,6 +25,7 @@ from lepton_search.objectives._prune import prune
 from lepton_search.objectives.tasks import check_task_reference, known_task_names, resolve_task
 from lepton_search.objectives.tasks.minilm import missing_requirements
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
+from lepton_search.testing.tiny_bert import TINY_OPTIONS
 
 needs_minilm = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
 
@@ -106,13 +107,19 @@ def test_a_model_dir_without_a_config_is_a_task_error(tmp_path: Path) -> None:
 
 @needs_minilm
 def test_splits_are_fixed_disjoint_real_passages(task: Any) -> None:
+    from lepton_search.objectives.tasks import text_corpus
     from lepton_search.objectives.tasks.minilm import MiniLMTask
 
     splits = task._splits
-    assert [len(splits[s]) for s in ("train", "validation", "test")] == [64, 64, 64]
-    assert not set(splits["train"]) & set(splits["validation"])
-    assert not set(splits["validation"]) & set(splits["test"])
-    assert all(len(p.split()) >= 12 for p in splits["validation"])
+    assert [len(splits[s]) for s in ("train", "validation", "test", "heldout")] == [64, 64, 64, 64]
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"), ("train", "heldout")):
+        assert not set(splits[a]) & set(splits[b]), (a, b)
+    assert all(len(p.split()) >= 12 for split in splits.values() for p in split)
+    # Validation and test are reference text; held-out is licence text; training is mostly docstrings.
+    reference = set(text_corpus.pydoc_passages())
+    assert set(splits["validation"]) <= reference and set(splits["test"]) <= reference
+    assert set(splits["heldout"]) <= set(text_corpus.license_passages())
+    assert len(set(splits["train"]) - reference) > 48
     # Fixed: another instance (another worker process) draws the same passages and fingerprint.
     again = MiniLMTask(**SMALL)
     assert again._splits == splits
@@ -146,7 +153,7 @@ def test_train_batches_cover_the_training_passages_with_little_padding(task: Any
         tokens += inputs["attention_mask"].size
     assert sorted(seen) == list(range(64))
     # Batches group passages of similar length: far less padding than batches in random order.
-    lengths = np.array([len(ids) for ids in task._tokens["train"]])
+    lengths = np.array([len(ids) for ids in task._train_window(0)])
     shuffled = np.random.default_rng(0).permutation(lengths).reshape(4, 16)
     random_padding = float((shuffled.max(axis=1, keepdims=True) - shuffled).sum()) / (16 * shuffled.max(axis=1)).sum()
     assert padding / tokens < 0.5 * random_padding
@@ -273,7 +280,7 @@ def test_channel_pruning_removes_whole_heads_and_ffn_neurons(task: Any, encoder:
     from lepton_search.objectives._evaluate import onnx_predictor
 
     student = copy.deepcopy(encoder)
-    prune(student, PruneConfig(method="channel", ratio=0.25), task, task.example_inputs(2))
+    prune(student, PruneConfig(method="channel", ratio=0.25, head_ratio=0.25), task, task.example_inputs(2))
 
     for layer in student.bert.encoder.layer:
         attention = layer.attention.self
@@ -372,39 +379,7 @@ needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None,
     reason='transformers is not installed; install the minilm extra: pip install -e ".[minilm]"',
 )
-TINY = {"sequence_length": 32, "train_passages": 32, "eval_passages": 32}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT (4 heads of 8, 64 feed-forward neurons) with random weights, and a WordPiece
-    vocabulary of the passages' 400 most common words, saved as a model directory."""
-    import collections
-
-    import torch
-    import transformers
-
-    from lepton_search.objectives.tasks.minilm import passages
-
-    words = collections.Counter(w for p in passages() for w in re.findall(r"[a-z]+", p.lower()))
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
-    vocab += [w for w, _ in words.most_common(400) if w not in vocab]
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.3,  # large enough that every head and neuron moves the embedding
-    )
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    transformers.BertModel(config).save_pretrained(directory)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (directory / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": true}')
-    return directory
+TINY = TINY_OPTIONS
 
 
 @needs_transformers
@@ -437,7 +412,7 @@ def test_tiny_encoder_loses_heads_and_neurons_and_distills_back(tiny_bert_dir: P
     teacher = task.teacher(tmp_path)
     student = copy.deepcopy(teacher)
 
-    prune(student, PruneConfig(method="channel", ratio=0.25), task, task.example_inputs(2))
+    prune(student, PruneConfig(method="channel", ratio=0.25, head_ratio=0.25), task, task.example_inputs(2))
 
     for layer in student.bert.encoder.layer:
         assert layer.attention.self.num_attention_heads == 3 and layer.attention.self.query.out_features == 24
@@ -512,27 +487,38 @@ def test_tiny_encoder_trial_runs_end_to_end_with_two_named_inputs(
 
 
 @needs_transformers
-@pytest.mark.parametrize(("importance", "scope"), [("taylor", None), ("l2", "global"), ("taylor", "global")])
+@pytest.mark.parametrize(
+    ("importance", "scope"),
+    [("contribution", None), ("activation", None), ("l2", "global"), ("contribution", "global")],
+)
 def test_tiny_encoder_heads_and_neurons_by_importance_and_scope(
     tiny_bert_dir: Path, tmp_path: Path, importance: str, scope: str | None
 ) -> None:
     import copy
 
+    import torch
+
     task = resolve_task("minilm", {**TINY, "model_dir": str(tiny_bert_dir)})
     teacher = task.teacher(tmp_path)
     student = copy.deepcopy(teacher)
+    if scope == "global":
+        with torch.no_grad():  # layer 1's neurons and heads write through tiny weights: they matter least
+            student.bert.encoder.layer[1].output.dense.weight.mul_(0.01)
+            student.bert.encoder.layer[1].attention.output.dense.weight.mul_(0.01)
 
-    prune(student, PruneConfig("channel", 0.5, importance, scope), task, task.example_inputs(2))
+    prune(student, PruneConfig("channel", 0.5, importance, scope, head_ratio=0.5), task, task.example_inputs(2))
 
     neurons = [layer.intermediate.dense.out_features for layer in student.bert.encoder.layer]
-    for layer in student.bert.encoder.layer:
-        assert layer.attention.self.num_attention_heads == 2 and layer.output.dense.out_features == 32
+    heads = [layer.attention.self.num_attention_heads for layer in student.bert.encoder.layer]
+    assert all(layer.output.dense.out_features == 32 for layer in student.bert.encoder.layer)  # residual width kept
     if scope == "global":
-        assert abs(sum(neurons) - 64) <= 8 and neurons[0] != neurons[1], neurons  # 128 neurons in all
+        # Ranked across both layers: half of the 128 neurons and of the 8 heads go, most from layer 1.
+        assert sum(neurons) == 64 and neurons[1] < neurons[0], neurons
+        assert sum(heads) == 4 and heads[1] < heads[0] and all(h >= 1 for h in heads), heads
     else:
-        assert neurons == [32, 32]
+        assert neurons == [32, 32] and heads == [2, 2]
+        assert task.evaluate(torch_predict(student)) > 0.5
     assert all(p.grad is None for p in student.parameters())
-    assert task.evaluate(torch_predict(student)) > 0.5
 
 
 @needs_transformers

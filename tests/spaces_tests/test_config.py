@@ -461,7 +461,11 @@ def _envelope(**overrides: Any) -> str:
         (json.dumps({"quantisation": {"precision": "fp32"}}), ["'quantisation'", "'quantization'"]),
         (
             json.dumps({"pruning": {"method": "channel", "ratio": 0.5, "granularity": "block"}}),
-            ["['granularity']", "in pruning", "['importance', 'method', 'ratio', 'scope']"],
+            [
+                "['granularity']",
+                "in pruning",
+                "['head_ratio', 'importance', 'iterations', 'method', 'ratio', 'reconstruction', 'scope']",
+            ],
         ),
         ("{not json", ["not valid JSON"]),
         ("[1, 2]", ["must be an object", "list"]),

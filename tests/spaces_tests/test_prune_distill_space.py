@@ -188,7 +188,7 @@ def test_contains_tells_offered_knobs_from_defaults() -> None:
     [
         (PruningSpace, {"importance": []}, "pruning.importance must list at least one choice"),
         (PruningSpace, {"importance": ["l1", "l1"]}, "pruning.importance lists a choice twice"),
-        (PruningSpace, {"importance": ["fisher"]}, "'activation', 'l1', 'l2' or 'taylor'"),
+        (PruningSpace, {"importance": ["fisher"]}, "'activation', 'contribution', 'l1', 'l2' or 'taylor'"),
         (PruningSpace, {"scope": ["layer"]}, "'uniform' or 'global'"),
         (DistillationSpace, {"hidden_weight": [0.5, 1.5]}, "hidden_weight must be [low, high] within [0, 1]"),
     ],

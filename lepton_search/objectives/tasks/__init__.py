@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from lepton_search.errors import LeptonSearchError, TaskError, UnknownNameError
-from lepton_search.objectives.tasks._base import Inputs, PredictFn, Split, Task
+from lepton_search.objectives.tasks._base import Inputs, PredictFn, PruningUnit, Split, Task
 
 ENTRY_POINT_GROUP = "lepton_search.tasks"
 
@@ -115,6 +115,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Inputs",
     "PredictFn",
+    "PruningUnit",
     "Split",
     "Task",
     "check_task_reference",

@@ -18,9 +18,10 @@ once (write caches atomically).
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
@@ -28,6 +29,25 @@ if TYPE_CHECKING:
     import torch
 
     from lepton_search.spaces import CompressionConfig
+
+@dataclasses.dataclass(frozen=True)
+class PruningUnit:
+    """A set of channels that structured pruning removes together, the transformer way.
+
+    Group ``g`` of the unit is output rows ``g * group_size ... (g + 1) * group_size - 1`` of every
+    ``producers`` layer (and of their biases) and the same input columns of ``consumer``: an
+    attention head (query, key and value rows; the attention output projection's columns; the head
+    size as ``group_size``) or a feed-forward neuron (the first projection's row; the second
+    projection's column; ``group_size`` 1). ``kind`` names what a group is (``"head"``,
+    ``"neuron"``): each kind has its own ratio.
+    """
+
+    name: str
+    kind: str
+    producers: tuple[Any, ...]
+    consumer: Any
+    group_size: int = 1
+
 
 Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]  # noqa: UP007 - a runtime alias, valid on Python 3.11
 PredictFn = Callable[[Inputs], np.ndarray]
@@ -90,6 +110,13 @@ class Task(abc.ABC):
         (keeping the head size) instead of single channels. None by default."""
         return {}
 
+    def pruning_units(self, model: torch.nn.Module) -> Sequence[PruningUnit]:
+        """The units of a transformer that channel pruning removes whole (attention heads and
+        feed-forward neurons), in forward order; pruning them keeps the residual stream's width.
+        Tasks that name units are pruned by ``objectives/_prune.py``'s unit pruner (per-kind
+        ratios, optional least-squares reconstruction); the rest by torch-pruning. None by default."""
+        return []
+
     def after_pruning(self, model: torch.nn.Module) -> None:  # noqa: B027 - optional hook
         """Called after channel or depth pruning has removed channels, heads or blocks from
         ``model``, to update attributes that cache layer sizes (a transformer's head or layer count,
@@ -110,6 +137,55 @@ class Task(abc.ABC):
         teacher blocks they came from). By default the :meth:`depth_blocks`; with none, hidden-state
         distillation is refused."""
         return self.depth_blocks(model)
+
+    #: Whether :meth:`train_batches` labels each row with a stable row number and
+    #: :meth:`training_inputs` rebuilds the inputs of given rows (embedding tasks): distillation then
+    #: caches the teacher's outputs by row (``objectives/_targets.py``).
+    indexed_training: bool = False
+
+    def training_inputs(self, rows: Sequence[int]) -> Inputs:
+        """The inputs of training rows ``rows`` (row numbers as :meth:`train_batches` labels them),
+        for tasks with :attr:`indexed_training`."""
+        raise NotImplementedError(f"task {self.name!r} does not index its training rows")
+
+    def training_rows(self) -> int:
+        """How many training rows :meth:`train_batches` yields in one pass (tasks with
+        :attr:`indexed_training`)."""
+        raise NotImplementedError(f"task {self.name!r} does not index its training rows")
+
+    def frozen_in_distillation(self, model: torch.nn.Module) -> Sequence[torch.nn.Module]:
+        """Modules whose parameters distillation leaves as they are (a transformer's embedding
+        tables: pruning keeps them, and a few thousand passages would only overfit them). None by
+        default."""
+        return []
+
+    def relation_layers(self, model: torch.nn.Module) -> tuple[torch.nn.Module, ...] | None:
+        """The query, key and value projections of the attention layer whose self-attention
+        relations ``distillation.relation_weight`` distils (MiniLM v2: the last), or None (the loss
+        is then refused)."""
+        return None
+
+    def token_mask(self, inputs: Inputs) -> np.ndarray | None:
+        """For sequence inputs, which positions are real tokens (1) rather than padding (0), as
+        batch x sequence; None for models without a sequence axis."""
+        return None
+
+    #: ONNX Runtime's transformer-optimizer model type of the teacher (``"bert"``, ``"gpt2"``, ...),
+    #: needed for ``graph.fusion``; None: the task's model is not a transformer ONNX Runtime fuses.
+    onnx_model_type: str | None = None
+
+    def export_module(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """A module computing what ``model`` computes, written in the operator pattern that ONNX
+        Runtime's transformer optimizer fuses, sharing ``model``'s parameters; exported with the
+        TorchScript exporter for the graph knobs (``graph.fusion``, ``graph.skip_layer_norm``).
+        None by default: those knobs are then refused."""
+        return None
+
+    def expected_fusions(self, model: torch.nn.Module) -> Mapping[str, int]:
+        """How many of each fused operator ``graph.fusion = "transformer"`` must produce for
+        ``model`` (a pruned student included), e.g. ``{"Attention": layers}``; a trial whose graph
+        has fewer fails with that reason. Empty by default (nothing is checked)."""
+        return {}
 
     def calibration_inputs(self, n_batches: int, batch_size: int) -> list[Inputs]:
         """Inputs for static-quantization calibration, drawn from the training split."""

