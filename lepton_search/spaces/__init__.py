@@ -10,6 +10,7 @@ from lepton_search.spaces._config import (
     PruneConfig,
     QuantizeConfig,
 )
+from lepton_search.spaces._hardware import SpaceHardware
 from lepton_search.spaces._space import (
     DeploymentSpace,
     DistillationSpace,
@@ -29,4 +30,5 @@ __all__ = [
     "QuantizationSpace",
     "QuantizeConfig",
     "SearchSpace",
+    "SpaceHardware",
 ]
