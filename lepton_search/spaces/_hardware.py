@@ -43,7 +43,7 @@ INT8_FORMATS: tuple[str, ...] = ("u8s8", "s8s8")
 
 BF16_OFFERED = (
     "bf16 is offered on torch-cpu: this CPU ({cpu}) has {flags}, on which oneDNN runs bf16 matrix "
-    "products (measured 0.67x the fp32 latency of the digits CNN on Emerald Rapids with AMX-BF16)"
+    "products (measured 0.61x the fp32 latency of the digits CNN on Emerald Rapids with AMX-BF16)"
 )
 BF16_DROPPED = (
     "bf16 is not offered on torch-cpu: this CPU ({cpu}) has neither AVX-512 BF16 nor AMX-BF16, so torch "
@@ -51,13 +51,13 @@ BF16_DROPPED = (
 )
 FP16_TORCH_CPU = (
     "fp16 is not offered on torch-cpu: oneDNN's fast fp16 path needs AMX-FP16, and without it fp16 ran slower "
-    "than fp32 even with AVX-512 FP16 (1.45x the fp32 latency of the digits CNN on Emerald Rapids)"
+    "than fp32 even with AVX-512 FP16 (1.34x the fp32 latency of the digits CNN on Emerald Rapids)"
 )
 FP16_ONNX_X86 = (
     "fp16 on onnxruntime-cpu is not among the default precisions: on x86 CPUs ({cpu} here) ONNX Runtime's "
     "convolution and matrix-product kernels are fp32, so an fp16 graph runs at fp32 speed between casts "
-    "(measured 1.00x the fp32 latency on Emerald Rapids); listed explicitly it is kept, for a model file half "
-    "the size"
+    "(measured 0.97x the fp32 latency on Emerald Rapids, a tie); listed explicitly it is kept, for a model file "
+    "half the size"
 )
 FP16_ONNX_ARM = (
     "fp16 on onnxruntime-cpu is not among the default precisions: ONNX Runtime has some fp16 kernels for ARM "
@@ -65,7 +65,7 @@ FP16_ONNX_ARM = (
 )
 DYNAMIC_CONV = (
     "dynamic int8 quantizes MatMul/Gemm layers only, never convolutions: ONNX Runtime's ConvInteger ran "
-    "0.2-0.27x the speed of fp32 on an AVX2 EPYC and 0.12x on Emerald Rapids with AVX-512 VNNI and AMX-INT8"
+    "0.2-0.27x the speed of fp32 on an AVX2 EPYC and 0.13x on Emerald Rapids with AVX-512 VNNI and AMX-INT8"
 )
 REDUCE_RANGE_SEARCHED = (
     "reduce_range (7-bit int8 weights) is searched: without VNNI this CPU ({cpu}) sums u8 x s8 products in "

@@ -7,7 +7,7 @@ order.
 
 Why dynamic int8 never touches convolutions: ONNX Runtime's dynamic quantization computes the
 activation scale at run time; for convolutions this measured 0.2-0.27x of fp32 speed on an AVX2 CPU
-and 0.12x on one with AVX-512 VNNI and AMX. Dynamic int8 therefore quantizes only MatMul/Gemm
+and 0.13x on one with AVX-512 VNNI and AMX. Dynamic int8 therefore quantizes only MatMul/Gemm
 layers, and static QDQ int8 is the mode for convolutional models.
 
 Hardware decisions (bf16 on torch-cpu, ``reduce_range``, the int8 format; ``spaces/_hardware.py``)
