@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "execution_provider": manifest["execution_provider"],
+        # The grid's latencies and ratios are comparable only on this device class.
+        "device_class": manifest["device_class"],
+        "device_class_name": manifest["device_class_name"],
+        "isa": manifest["cpu"]["isa"],
     }
 
     data: dict[str, Any]

@@ -55,12 +55,20 @@ def _console() -> Any:
 def validate(study_file: str) -> None:
     """Check STUDY_FILE without running it."""
     from lepton_search.search import load_study_file
+    from lepton_search.spaces._hardware import SpaceHardware
 
     spec = load_study_file(study_file)
+    hardware = SpaceHardware.detect()
+    space = spec.space.for_hardware(hardware)  # raises ConfigError with the reason if nothing is left here
     click.echo(
         f"{study_file}: OK (study {spec.study.name!r}, task {spec.study.task!r}, objectives "
         f"{spec.objective_names}, sampler {spec.sampler.name!r}, {spec.budget.n_trials} trials)"
     )
+    report = space.hardware_report()
+    if report:
+        click.echo(f"Decided for this CPU ({hardware.description}):")
+        for line in report:
+            click.echo(f"  - {line}")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -300,6 +308,12 @@ def nightly(
                 markup=False,
                 highlight=False,
             )
+        for skipped in o.not_compared:
+            console.print(
+                f"  not compared: trial {skipped['number']} {skipped['label']}: {skipped['reason']}",
+                markup=False,
+                highlight=False,
+            )
         for report in o.reports:
             console.print(f"  wrote {report}", markup=False, highlight=False)
     ctx.exit(code)
@@ -353,7 +367,12 @@ def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
     help="Noise band of the verdict, or 'auto' to calibrate it with A/A runs of the baseline. [default: 0.05]",
 )
 @click.option(
-    "--aa-runs", type=click.IntRange(min=2), default=5, show_default=True, help="A/A runs of --noise-band auto."
+    "--aa-runs",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Calibration runs before the measurement: A/A runs of the baseline (they calibrate --noise-band auto), "
+    "or runs of the candidate alone. They give the re-run interval (rerun_ci_ms); 0 skips them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(

@@ -52,7 +52,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def bench(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["bench", *args])
+    # No calibration runs: these tests are about the output, not re-run intervals (test_rerun_interval.py).
+    code = main(["bench", *args, "--aa-runs", "0"])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -157,7 +158,10 @@ def test_malformed_options_are_usage_errors(
 
 def test_bench_as_a_subprocess(models: dict[str, Path]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "lepton_search", "bench", str(models["narrow"]), "--sessions", "2", "--json"],
+        [
+            *[sys.executable, "-m", "lepton_search", "bench", str(models["narrow"])],
+            *["--sessions", "2", "--aa-runs", "2", "--json"],
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -16,6 +16,13 @@ Inputs are synthesized from what the model declares, because a model file is all
 * floating-point inputs are standard normal, integer inputs are 1 and booleans True: latency of
   dense models does not depend on the values, 1 is a valid token id, mask value and index into
   any table of two or more rows, and normal values keep activations finite.
+
+Re-run intervals. Before the measurement, ``aa_runs`` separate calibration measurements are taken:
+A/A runs of the baseline (which also calibrate the noise band with ``noise_band = "auto"``), or,
+without a baseline, repeated runs of the candidate alone. Their medians give ``rerun_ci_ms``, the
+interval in which the median of a re-run (``lepton-search bench`` again, in a fresh process)
+falls; ``ci_ms`` stays the within-run interval. ``aa_runs = 0`` skips them (``rerun_ci_ms`` is
+then None).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lepton_search.errors import MeasurementError
+from lepton_search.objectives._devices import describe_device
 from lepton_search.objectives._latency import (
     LatencyBackend,
     LatencyStats,
@@ -36,7 +44,9 @@ from lepton_search.objectives._latency import (
     ModelFormat,
     NoiseBand,
     PairMeasurement,
+    RerunCalibration,
     calibrate_noise_band,
+    calibrate_reruns,
     get_backend,
     known_backends,
     measure_model,
@@ -249,6 +259,7 @@ class BenchResult:
     pair: PairMeasurement | None = None
     noise: NoiseBand | None = None
     notes: list[str] = field(default_factory=list)
+    rerun: RerunCalibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``bench --json``: verdict, ratio and baseline only when there was a baseline."""
@@ -310,15 +321,23 @@ def bench(
         backend: A backend name; by default ``onnxruntime-cpu`` for ONNX and ``torch-cpu`` for
             ``torch.export`` programs.
         dims: Sizes of dynamic dimensions by name (see the module docstring).
-        noise_band: δ of the verdict, ``"auto"`` to calibrate it with ``aa_runs`` A/A runs of the
-            baseline, or None for ``settings.noise_band``.
-        aa_runs: A/A runs of an ``"auto"`` calibration.
+        noise_band: δ of the verdict, ``"auto"`` to calibrate it with the ``aa_runs`` A/A runs of
+            the baseline, or None for ``settings.noise_band``.
+        aa_runs: Separate calibration measurements before the measurement (module docstring): A/A
+            runs of the baseline, or runs of the candidate alone. They give the re-run interval;
+            0 skips them (no re-run interval, and no ``"auto"`` noise band).
 
     Raises:
         MeasurementError: a file is missing or not a model, the formats or inputs of the two models
-            differ, a dynamic dimension has no size, or a model cannot run.
+            differ, a dynamic dimension has no size, or a model cannot run; ``noise_band = "auto"``
+            with fewer than 2 ``aa_runs``.
         UnknownNameError: ``backend`` is not registered.
     """
+    if noise_band == "auto" and aa_runs < 2:
+        raise MeasurementError(
+            f"noise_band = 'auto' calibrates on the A/A runs, but aa_runs = {aa_runs}; give at least 2 "
+            "(5 is the default), or a fixed noise band such as 0.05."
+        )
     dims = dict(dims or {})
     fmt = model_format(candidate)
     if baseline is not None and model_format(baseline) != fmt:
@@ -338,17 +357,30 @@ def bench(
 
     noise: NoiseBand | None = None
     pair: PairMeasurement | None = None
+    rerun: RerunCalibration | None = None
     if baseline is None:
-        stats = measure_model(candidate, inputs, settings, runtime)
+        if aa_runs > 0:
+            rerun = calibrate_reruns(candidate, inputs, settings, runs=aa_runs, backend=runtime)
+        stats = measure_model(candidate, inputs, settings, runtime, rerun=rerun)
         band = None
     else:
+        aa: NoiseBand | None = None
+        if aa_runs > 0:
+            aa = calibrate_noise_band(baseline, inputs, settings, runs=aa_runs, backend=runtime)
+            rerun = aa.rerun_calibration()
         if noise_band == "auto":
-            noise = calibrate_noise_band(baseline, inputs, settings, runs=aa_runs, backend=runtime)
-            band = noise.delta
-        else:
-            band = settings.noise_band if noise_band is None else float(noise_band)
-        pair = measure_pair(candidate, baseline, inputs, settings, runtime, noise_band=band)
+            noise = aa
+        band = (
+            noise.delta
+            if noise is not None
+            else settings.noise_band
+            if noise_band is None or noise_band == "auto"
+            else float(noise_band)
+        )
+        pair = measure_pair(candidate, baseline, inputs, settings, runtime, noise_band=band, rerun=rerun)
         stats = pair.candidate
+    if rerun is None:
+        notes.append("no re-run interval (rerun_ci_ms): it needs calibration runs (--aa-runs 0 skipped them)")
     notes.extend(_busy_notes([stats] if pair is None else [pair.candidate, pair.baseline]))
     manifest = pair.device if pair is not None else runtime.manifest(settings.threads)
     protocol: dict[str, Any] = {
@@ -361,7 +393,14 @@ def bench(
         "min_session_s": settings.min_session_s,
         "block_s": settings.block_s,
         "interval": "95%, union of paired hierarchical bootstrap and paired t over rounds",
+        "ci_ms": "95% within-run interval of the median (hierarchical bootstrap over sessions, then runs)",
+        "rerun_ci_ms": (
+            "95% interval of a re-run's median: prediction interval from the medians of separate calibration "
+            "runs (" + ("A/A runs of the baseline" if baseline is not None else "runs of the model alone") + ")"
+        ),
     }
+    if rerun is not None:
+        protocol["rerun_calibration"] = {"runs": len(rerun.medians_ms), **rerun.to_dict()}
     if baseline is not None:
         protocol["noise_band"] = band
         protocol["noise_band_source"] = "auto (A/A calibration)" if noise is not None else "fixed"
@@ -370,7 +409,7 @@ def bench(
     if notes:
         protocol["notes"] = notes
     device = {**manifest, "protocol": protocol}
-    return BenchResult(candidate=stats, device=device, pair=pair, noise=noise, notes=notes)
+    return BenchResult(candidate=stats, device=device, pair=pair, noise=noise, notes=notes, rerun=rerun)
 
 
 def _backend_for(name: str, fmt: ModelFormat, candidate: Path) -> LatencyBackend:
@@ -470,6 +509,15 @@ def bench_table(result: BenchResult) -> list[Any]:
             "-" if s.peak_memory_mb is None else f"{s.peak_memory_mb:.1f}",
         )
     out: list[Any] = [table]
+    reruns = [(label, s.rerun_ci_ms) for label, s in rows if s.rerun_ci_ms is not None]
+    if reruns:
+        out.append(
+            Text(
+                "a re-run's median (95%): "
+                + ", ".join(f"{label} {low:.4g}-{high:.4g} ms" for label, (low, high) in reruns)
+                + " (the CI above is this run's only)"
+            )
+        )
     if result.pair is not None:
         p = result.pair
         style = {"faster": "green", "slower": "red", "tie": "yellow"}[p.verdict]
@@ -489,7 +537,7 @@ def bench_table(result: BenchResult) -> list[Any]:
     out.append(
         Text(
             f"{d.get('backend')} ({d.get('execution_provider')}, {library}), {d.get('threads')} thread(s), "
-            f"{d.get('device')}; inputs {shapes}",
+            f"{describe_device(d)}; inputs {shapes}",
             style="dim",
         )
     )

@@ -26,8 +26,8 @@ class CostModel:
     cpu_core_usd_per_hour: float = DEFAULT_CPU_CORE_USD_PER_HOUR
     gpu_usd_per_hour: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GPU_USD_PER_HOUR))
 
-    def price_per_hour(self, device_class: str, threads: int, gpu_name: str = "") -> float:
-        if device_class == "cpu":
+    def price_per_hour(self, device_kind: str, threads: int, gpu_name: str = "") -> float:
+        if device_kind == "cpu":
             return self.cpu_core_usd_per_hour * max(threads, 1)
         # Whole-token match: a plain substring test would price an "NVIDIA L40S" as an "L4".
         for key, price in self.gpu_usd_per_hour.items():

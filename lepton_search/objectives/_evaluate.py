@@ -31,6 +31,7 @@ import numpy as np
 from lepton_search.errors import TrialFailed
 from lepton_search.objectives._compress import CompressedModel, compress
 from lepton_search.objectives._cost import CostModel
+from lepton_search.objectives._devices import device_kind_of
 from lepton_search.objectives._export import export_onnx
 from lepton_search.objectives._latency import (
     LatencyBackend,
@@ -206,7 +207,7 @@ def model_predictor(model_path: Path, backend: LatencyBackend, threads: int) -> 
     """
     if backend.model_format == "onnx":
         return onnx_predictor(model_path, threads)
-    scorer = "torch-cuda" if backend.device_class == "gpu" else "torch-cpu"
+    scorer = "torch-cuda" if backend.device_kind == "gpu" else "torch-cpu"
     return get_backend(scorer).open(model_path, threads).run
 
 
@@ -226,7 +227,7 @@ def price_measurement(
     """Adds ``cost_usd_per_million`` to the candidate's and the baseline's statistics in ``latency``
     (the ``pair.to_dict()`` of a measurement at ``settings``) and returns the candidate's."""
     device = pair.device
-    price = cost.price_per_hour(device.get("device_class", "cpu"), settings.threads, device.get("device") or "")
+    price = cost.price_per_hour(device_kind_of(device), settings.threads, device.get("device") or "")
     candidate = cost.usd_per_million(pair.candidate.median_ms, settings.batch_size, price)
     latency["candidate"]["cost_usd_per_million"] = candidate
     latency["baseline"]["cost_usd_per_million"] = cost.usd_per_million(
@@ -286,7 +287,8 @@ def measure_against_baseline(
 
     With ``settings.calibration_runs`` and a ``request.calibration_dir``, the verdict's noise band
     comes from this device's A/A calibration (made now if this is the first measurement of the run
-    on this host and setup) and is recorded under ``noise_calibration``.
+    on this host, device class and setup) and is recorded under ``noise_calibration``; its runs'
+    medians give both models their re-run interval (``rerun_ci_ms``, None without a calibration).
 
     Returns:
         The measurement and its :meth:`PairMeasurement.to_dict`.
@@ -294,7 +296,15 @@ def measure_against_baseline(
     noise = None
     if settings.calibration_runs and request.calibration_dir:
         noise = calibrated_noise_band(baseline, inputs, settings, Path(request.calibration_dir), backend)
-    pair = measure_pair(candidate, baseline, inputs, settings, backend, noise_band=noise.delta if noise else None)
+    pair = measure_pair(
+        candidate,
+        baseline,
+        inputs,
+        settings,
+        backend,
+        noise_band=noise.delta if noise else None,
+        rerun=noise.rerun_calibration() if noise else None,
+    )
     latency = pair.to_dict()
     if noise is not None:
         latency["noise_calibration"] = noise.to_dict()

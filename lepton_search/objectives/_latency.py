@@ -15,7 +15,19 @@ memory at a time (for models too large to open twice).
 Statistics are computed over sessions, because that is where the variance lives:
 
 * The objective is the median of the session medians; ``cv`` is the spread of the session medians;
-  each model's own interval comes from a hierarchical bootstrap (resample sessions, then runs).
+  each model's own interval (``ci_ms``) comes from a hierarchical bootstrap (resample sessions, then
+  runs). It is the *within-run* interval: where this run's median would fall if its sessions were
+  drawn again in the same process and minute. It does not cover a re-run: on the shared 2-core
+  machines here five fresh processes of one model spread 13-21% while ``ci_ms`` was about +-2%.
+* ``rerun_ci_ms`` is the interval in which a re-run's median falls (95%): a prediction interval
+  from a :class:`RerunCalibration`, the medians of several separate measurements of a reference
+  model on the same device and settings (the baseline's A/A calibration runs, or repeated runs of
+  a model measured alone). With ``n`` reference medians of log-spread ``s`` (geometric mean ``G``)
+  and the model's ratio ``r`` to the reference in this window (log standard error ``v`` from the
+  ratio interval), the interval is ``r * G * exp(+-t(n-1) * sqrt(s^2 (1 + 1/n) + v^2))``: the
+  reference's level and spread across measurements, carried over by the ratio, which interleaving
+  keeps stable (0.466-0.476 over five processes where the medians spread 17.7%). Without a
+  calibration it is None.
 * The ratio candidate/baseline is the ratio of the two medians of session medians. Its 95%
   interval is the union of two intervals over the paired rounds, each of which fails in a known
   way: a paired hierarchical bootstrap (no distributional assumption, but with three rounds it is
@@ -67,6 +79,7 @@ import numpy as np
 
 from lepton_search.errors import MeasurementError, UnknownNameError
 from lepton_search.objectives._devices import (
+    device_class_of,
     device_manifest,
     high_water_mb,
     release_freed_memory,
@@ -188,7 +201,8 @@ class LatencyBackend(abc.ABC):
     name: str = "backend"
     #: The kind of model file the backend opens.
     model_format: ModelFormat = "onnx"
-    device_class: str = "cpu"
+    #: "cpu" or "gpu": the kind of device the backend measures on (its class is in the manifest).
+    device_kind: str = "cpu"
 
     @classmethod
     def availability(cls) -> Availability:
@@ -374,7 +388,7 @@ class OnnxRuntimeCUDABackend(OnnxRuntimeCPUBackend):
 
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
-    device_class = "gpu"
+    device_kind = "gpu"
 
     def __init__(self, device_id: int = 0) -> None:
         self.device_id = device_id
@@ -491,6 +505,8 @@ class LatencyStats:
     """Statistics of one model's sessions; all times in milliseconds per batch."""
 
     median_ms: float
+    #: 95% within-run interval of ``median_ms`` (hierarchical bootstrap over this run's sessions and
+    #: runs). It does not cover a re-run in a fresh process; :attr:`rerun_ci_ms` does.
     ci_ms: tuple[float, float]
     session_medians_ms: list[float]
     p50_ms: float
@@ -512,10 +528,14 @@ class LatencyStats:
     #: backends only). Well below 1 means the machine was busy and wall-clock latencies are inflated;
     #: interleaved ratios are not, since both models waited alike.
     cpu_share: float | None = None
+    #: The interval (95%) in which a re-run's median falls, from a :class:`RerunCalibration` of this
+    #: device and settings; None without one. ``ci_ms`` is only the within-run interval.
+    rerun_ci_ms: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ci_ms"] = list(self.ci_ms)
+        d["rerun_ci_ms"] = None if self.rerun_ci_ms is None else list(self.rerun_ci_ms)
         return d
 
 
@@ -666,6 +686,89 @@ def ratio_interval(
     return low, high
 
 
+#: The fewest reference medians a re-run interval is computed from: with two, Student's t for one
+#: degree of freedom (12.7) makes the interval uselessly wide.
+MIN_RERUN_REFERENCES = 3
+RERUN_CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class RerunCalibration:
+    """How a run's median moves between separate measurements on one device and setup.
+
+    ``medians_ms`` are the medians of separate measurements of one reference model (each a full
+    measurement with its own fresh sessions, taken one after another): the A/A calibration runs of
+    a baseline, or repeated runs of a model measured alone. ``device_class`` is the device they were
+    taken on; an interval is only carried to measurements on that class.
+    """
+
+    medians_ms: tuple[float, ...]
+    device_class: str | None = None
+
+    def samples(self, reference_now_ms: float | None = None) -> np.ndarray:
+        """The reference medians, with this window's reference median when given."""
+        values = [*self.medians_ms, *([] if reference_now_ms is None else [reference_now_ms])]
+        return np.asarray([v for v in values if v > 0 and math.isfinite(v)], dtype=float)
+
+    def spread(self, reference_now_ms: float | None = None) -> float | None:
+        """Standard deviation of the log reference medians (about the relative spread)."""
+        logs = np.log(self.samples(reference_now_ms))
+        return float(logs.std(ddof=1)) if len(logs) >= 2 else None
+
+    def interval(
+        self,
+        reference_now_ms: float | None,
+        ratio: float = 1.0,
+        ratio_ci: tuple[float, float] | None = None,
+        confidence: float = RERUN_CONFIDENCE,
+    ) -> tuple[float, float] | None:
+        """Where a re-run's median of a model falls (see the module docstring for the formula).
+
+        Args:
+            reference_now_ms: The reference model's median in this measurement (None: not measured
+                now, e.g. a model measured alone whose calibration runs are of itself).
+            ratio: The model's median over the reference's in this window (1: the reference).
+            ratio_ci: The ratio's interval; its width adds the ratio's own uncertainty.
+
+        Returns:
+            ``(low, high)`` in milliseconds, or None with fewer than :data:`MIN_RERUN_REFERENCES`
+            reference medians.
+        """
+        logs = np.log(self.samples(reference_now_ms))
+        n = len(logs)
+        if n < MIN_RERUN_REFERENCES or ratio <= 0 or not math.isfinite(ratio):
+            return None
+        from scipy.special import stdtrit  # the t quantile; scipy.stats takes seconds to import
+
+        level = float(logs.mean()) + math.log(ratio)
+        variance = float(logs.var(ddof=1)) * (1.0 + 1.0 / n)
+        if ratio_ci is not None and ratio_ci[0] > 0:
+            z = 1.959963984540054
+            variance += (max(math.log(ratio_ci[1] / ratio), math.log(ratio / ratio_ci[0])) / z) ** 2
+        half = float(stdtrit(n - 1, 0.5 + confidence / 2.0)) * math.sqrt(variance)
+        return math.exp(level - half), math.exp(level + half)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "medians_ms": list(self.medians_ms),
+            "spread": self.spread(),
+            "device_class": self.device_class,
+        }
+
+
+def with_rerun_interval(
+    stats: LatencyStats,
+    calibration: RerunCalibration | None,
+    reference_now_ms: float | None,
+    ratio: float = 1.0,
+    ratio_ci: tuple[float, float] | None = None,
+) -> LatencyStats:
+    """``stats`` with :attr:`LatencyStats.rerun_ci_ms` from ``calibration`` (None without one)."""
+    if calibration is not None:
+        stats.rerun_ci_ms = calibration.interval(reference_now_ms, ratio, ratio_ci)
+    return stats
+
+
 def verdict_of(ratio_ci: tuple[float, float], noise_band: float) -> Verdict:
     """``faster`` only if the whole ratio interval lies below ``1 - noise_band``; ``slower`` only
     if it lies above ``1 + noise_band``; otherwise the two are tied within the noise."""
@@ -786,7 +889,7 @@ class _Collected:
 def _tracks_cpu(backend: LatencyBackend, settings: MeasurementSettings) -> bool:
     """Whether the calling thread's CPU time is the model's: one intra-op thread on a CPU backend
     runs the model on the calling thread (more threads, or a GPU, work elsewhere)."""
-    return backend.device_class == "cpu" and settings.threads == 1
+    return backend.device_kind == "cpu" and settings.threads == 1
 
 
 def _open(backend: LatencyBackend, model: Path, threads: int) -> tuple[Runner, MemoryProbe, float]:
@@ -856,10 +959,43 @@ def _measure_alone(
 
 
 def measure_model(
-    model: Path, inputs: Inputs, settings: MeasurementSettings, backend: LatencyBackend | None = None
+    model: Path,
+    inputs: Inputs,
+    settings: MeasurementSettings,
+    backend: LatencyBackend | None = None,
+    *,
+    rerun: RerunCalibration | None = None,
 ) -> LatencyStats:
-    """One model alone, in ``settings.sessions`` fresh sessions: its statistics and peak memory."""
-    return _measure_alone(model, inputs, settings, backend).stats(settings, settings.seed)
+    """One model alone, in ``settings.sessions`` fresh sessions: its statistics and peak memory.
+
+    With ``rerun`` (separate earlier measurements of this same model, :func:`calibrate_reruns`), the
+    statistics carry a re-run interval; this measurement's median joins the calibration's.
+    """
+    stats = _measure_alone(model, inputs, settings, backend).stats(settings, settings.seed)
+    return with_rerun_interval(stats, rerun, stats.median_ms)
+
+
+def calibrate_reruns(
+    model: Path,
+    inputs: Inputs,
+    settings: MeasurementSettings,
+    *,
+    runs: int = 5,
+    backend: LatencyBackend | None = None,
+) -> RerunCalibration:
+    """Measures ``model`` alone ``runs`` separate times (fresh sessions each) for a re-run interval.
+
+    Raises:
+        ValueError: ``runs`` < 1.
+    """
+    if runs < 1:
+        raise ValueError(f"runs = {runs!r}; a re-run calibration needs at least 1 run (5 or more is useful).")
+    backend = backend or get_backend(settings.backend)
+    medians = [
+        measure_model(model, inputs, dataclasses.replace(settings, seed=settings.seed + 100 + r), backend).median_ms
+        for r in range(runs)
+    ]
+    return RerunCalibration(tuple(medians), device_class_of(backend.manifest(settings.threads)))
 
 
 def measure_pair(
@@ -870,10 +1006,13 @@ def measure_pair(
     backend: LatencyBackend | None = None,
     *,
     noise_band: float | None = None,
+    rerun: RerunCalibration | None = None,
 ) -> PairMeasurement:
     """Measures ``candidate`` against ``baseline`` in interleaved fresh sessions (A/B, B/A, ...).
 
-    ``noise_band`` overrides ``settings.noise_band`` (e.g. with a calibrated one).
+    ``noise_band`` overrides ``settings.noise_band`` (e.g. with a calibrated one). With ``rerun``
+    (separate measurements of the baseline, e.g. :meth:`NoiseBand.rerun_calibration`), both models'
+    statistics carry a re-run interval.
     """
     backend = backend or get_backend(settings.backend)
     band = settings.noise_band if noise_band is None else noise_band
@@ -891,10 +1030,13 @@ def measure_pair(
     cand_stats = cand.stats(settings, settings.seed)
     base_stats = base.stats(settings, settings.seed + 7)
     ci = ratio_interval(cand.samples, base.samples, settings.bootstrap_resamples, settings.seed)
+    ratio = cand_stats.median_ms / base_stats.median_ms
+    with_rerun_interval(cand_stats, rerun, base_stats.median_ms, ratio, ci)
+    with_rerun_interval(base_stats, rerun, base_stats.median_ms)
     return PairMeasurement(
         candidate=cand_stats,
         baseline=base_stats,
-        ratio=cand_stats.median_ms / base_stats.median_ms,
+        ratio=ratio,
         ratio_ci=ci,
         verdict=verdict_of(ci, band),
         noise_band=band,
@@ -912,13 +1054,21 @@ DEFAULT_NOISE_FLOOR = 0.02
 
 @dataclass(frozen=True)
 class NoiseBand:
-    """A noise band derived from A/A measurements (see the module docstring for the policy)."""
+    """A noise band derived from A/A measurements (see the module docstring for the policy).
+
+    ``medians_ms`` holds each A/A run's median of the model (the geometric mean of its two sides):
+    separate measurements one after another, from which :meth:`rerun_calibration` gives re-run
+    intervals. ``device_class`` is the device the band was calibrated on; it judges measurements on
+    that class only. Both are empty in bands stored before they were recorded.
+    """
 
     delta: float
     ratios: list[float]
     ratio_cis: list[tuple[float, float]]
     quantile: float
     floor: float
+    medians_ms: list[float] = field(default_factory=list)
+    device_class: str | None = None
 
     @property
     def runs(self) -> int:
@@ -934,19 +1084,28 @@ class NoiseBand:
         """A/A runs whose ratio interval contains 1.0, as a correct interval's should."""
         return sum(low <= 1.0 <= high for low, high in self.ratio_cis)
 
+    def rerun_calibration(self) -> RerunCalibration | None:
+        """The A/A runs' medians as a :class:`RerunCalibration` (None for a band without them)."""
+        if not self.medians_ms:
+            return None
+        return RerunCalibration(tuple(self.medians_ms), self.device_class)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NoiseBand:
-        """The inverse of :meth:`to_dict`."""
+        """The inverse of :meth:`to_dict` (also of bands stored before medians were recorded)."""
         return cls(
             delta=float(data["delta"]),
             ratios=[float(r) for r in data["ratios"]],
             ratio_cis=[(float(lo), float(hi)) for lo, hi in data["ratio_cis"]],
             quantile=float(data["quantile"]),
             floor=float(data["floor"]),
+            medians_ms=[float(m) for m in data.get("medians_ms") or []],
+            device_class=data.get("device_class"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; :meth:`from_dict` reads it back."""
+        rerun = self.rerun_calibration()
         return {
             "delta": self.delta,
             "runs": self.runs,
@@ -956,6 +1115,9 @@ class NoiseBand:
             "ratio_cis": [list(ci) for ci in self.ratio_cis],
             "ties": self.ties,
             "cis_containing_one": self.cis_containing_one,
+            "medians_ms": list(self.medians_ms),
+            "rerun_spread": None if rerun is None else rerun.spread(),
+            "device_class": self.device_class,
         }
 
 
@@ -1008,22 +1170,36 @@ def calibrate_noise_band(
     backend = backend or get_backend(settings.backend)
     ratios: list[float] = []
     cis: list[tuple[float, float]] = []
+    medians: list[float] = []
     for r in range(runs):
         pair = measure_pair(model, model, inputs, dataclasses.replace(settings, seed=settings.seed + r), backend)
         ratios.append(pair.ratio)
         cis.append(pair.ratio_ci)
+        medians.append(math.sqrt(pair.candidate.median_ms * pair.baseline.median_ms))
     delta = noise_band_from_ratios(ratios, quantile=quantile, floor=floor)
-    return NoiseBand(delta=delta, ratios=ratios, ratio_cis=cis, quantile=quantile, floor=floor)
+    return NoiseBand(
+        delta=delta,
+        ratios=ratios,
+        ratio_cis=cis,
+        quantile=quantile,
+        floor=floor,
+        medians_ms=medians,
+        device_class=device_class_of(backend.manifest(settings.threads)),
+    )
 
 
-def noise_band_file(directory: Path, baseline: Path, settings: MeasurementSettings) -> Path:
+def noise_band_file(
+    directory: Path, baseline: Path, settings: MeasurementSettings, device_class: str | None = None
+) -> Path:
     """Where the calibration of ``baseline`` under ``settings`` on this host is kept in ``directory``.
 
-    One file per host, backend, thread count, batch size and baseline model: the noise of one
-    thread says nothing about the noise of two, nor one machine's about another's.
+    One file per host, device class, backend, thread count, batch size and baseline model: the
+    noise of one thread says nothing about the noise of two, nor one CPU's about another's (a host
+    name can move to another CPU).
     """
     host = "".join(c if c.isalnum() or c in "-_." else "_" for c in platform.node() or "host")
-    name = f"{host}-{settings.backend}-t{settings.threads}-b{settings.batch_size}-{baseline.stem}.json"
+    klass = f"{device_class}-" if device_class else ""
+    name = f"{host}-{klass}{settings.backend}-t{settings.threads}-b{settings.batch_size}-{baseline.stem}.json"
     return directory / name
 
 
@@ -1037,18 +1213,23 @@ def calibrated_noise_band(
     """The A/A noise band of this device for ``settings``, calibrated once per ``directory``.
 
     Studies call this inside a trial's exclusive measurement window, before the trial's own
-    measurement: the first trial measured on a host (per backend, threads and batch size) runs
+    measurement: the first trial measured on a host and device class (per backend, threads and
+    batch size) runs
     ``settings.calibration_runs`` A/A measurements of the baseline and stores the band in
     ``directory``; later trials read it. A run of a study uses a directory of its own, so each run
     calibrates against the machine as it is that day. The file is written atomically, so a reader
     never sees half of it.
     """
-    path = noise_band_file(directory, baseline, settings)
+    backend = backend or get_backend(settings.backend)
+    device_class = device_class_of(backend.manifest(settings.threads))
+    path = noise_band_file(directory, baseline, settings, device_class)
     if path.exists():
         try:
-            return NoiseBand.from_dict(json.loads(path.read_text()))
+            band = NoiseBand.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable (a foreign or damaged file): calibrate again and replace it
+            band = None  # unreadable (a foreign or damaged file): calibrate again and replace it
+        if band is not None and band.device_class == device_class:
+            return band
     band = calibrate_noise_band(baseline, inputs, settings, runs=max(1, settings.calibration_runs), backend=backend)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

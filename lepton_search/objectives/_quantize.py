@@ -3,8 +3,11 @@
 - ``fp16``: ``convert_float_to_float16`` (inputs and outputs stay fp32).
 - ``int8`` ``dynamic``: ``quantize_dynamic`` of MatMul/Gemm layers only (dynamic int8 convolutions
   run 0.2-0.27x the speed of fp32 on these CPUs), S8 weights.
-- ``int8`` ``static``: ``quantize_static`` in QDQ format, U8 activations and S8 weights, calibrated
-  with the config's method on ``calibration_batches`` batches of 64 training rows.
+- ``int8`` ``static``: ``quantize_static`` in QDQ format, U8 activations (S8 with
+  ``int8_format = 's8s8'``) and S8 weights, calibrated with the config's method on
+  ``calibration_batches`` batches of 64 training rows.
+- Both int8 modes quantize weights to 7 bits with ``reduce_range`` (for x86 CPUs without VNNI,
+  whose 16-bit sums can saturate; the space decides it from the ISA, ``spaces/_hardware.py``).
 - Both int8 modes scale weights per output channel unless ``granularity = 'per_tensor'``: per-tensor
   scales cost a MiniLM encoder about 4% cosine fidelity (``shared/notes/latency.md``, section 5).
 - ``int4``: weight-only ``MatMulNBits`` (``MatMulNBitsQuantizer``): 4-bit weights in blocks of
@@ -195,6 +198,7 @@ def quantize_prepared(
             weight_type=QuantType.QInt8,
             op_types_to_quantize=op_types,
             per_channel=config.per_channel,
+            reduce_range=bool(config.reduce_range),
             nodes_to_quantize=include,
             nodes_to_exclude=exclude,
             extra_options=extra,
@@ -215,7 +219,8 @@ def quantize_prepared(
         _CalibrationReader(batches, input_name),
         quant_format=QuantFormat.QDQ,
         per_channel=config.per_channel,
-        activation_type=QuantType.QUInt8,
+        reduce_range=bool(config.reduce_range),
+        activation_type=QuantType.QInt8 if config.int8_format == "s8s8" else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=methods[str(config.calibration_method or "minmax")],
         nodes_to_quantize=include,
@@ -352,7 +357,13 @@ def _mixed_precision_exclusions(
         layer_config = config
         if config.precision == "int8" and config.int8_mode == "static":
             layer_config = QuantizeConfig(
-                "int8", "static", "minmax", SENSITIVITY_CALIBRATION_BATCHES, granularity=config.granularity
+                "int8",
+                "static",
+                "minmax",
+                SENSITIVITY_CALIBRATION_BATCHES,
+                granularity=config.granularity,
+                reduce_range=config.reduce_range,
+                int8_format=config.int8_format,
             )
         quantize_prepared(model, layer_config, task, target, include=nodes)
 

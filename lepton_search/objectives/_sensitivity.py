@@ -92,7 +92,13 @@ def sensitivity_mode(config: QuantizeConfig) -> str:
     if config.precision == "int4":
         return f"int4-block{config.int4_block_size}-{'sym' if config.int4_symmetric else 'asym'}"
     if config.precision == "int8":
-        return f"int8-{config.int8_mode}-{'per_channel' if config.per_channel else 'per_tensor'}"
+        mode = f"int8-{config.int8_mode}-{'per_channel' if config.per_channel else 'per_tensor'}"
+        # The hardware knobs change the ranking too; left unset they keep the names cached before.
+        if config.int8_format == "s8s8":
+            mode += "-s8s8"
+        if config.reduce_range:
+            mode += "-reduce_range"
+        return mode
     raise CompressionError(
         f"Per-layer sensitivity applies to int8 and int4, got quantization.precision = {config.precision!r}."
     )

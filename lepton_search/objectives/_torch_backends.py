@@ -316,7 +316,7 @@ class TorchCUDABackend(TorchCPUBackend):
     """A ``torch.export`` program run eagerly on CUDA GPU ``device_id``."""
 
     name = "torch-cuda"
-    device_class = "gpu"
+    device_kind = "gpu"
     execution_provider = "torch eager (cuda)"
     runner_class: type[_TorchRunner] = _CudaEventRunner
 

@@ -9,6 +9,9 @@ STUDY_SPEC_ATTR = "lepton:spec"
 STUDY_BASELINE_ATTR = "lepton:baseline"
 STUDY_OBJECTIVES_ATTR = "lepton:objectives"
 STUDY_HYPERVOLUME_ATTR = "lepton:hypervolume"
+#: The CPU the study's space made its hardware decisions for (``spaces/_hardware.py``), recorded
+#: when the study is created; studies without it were created before it was recorded.
+STUDY_HARDWARE_ATTR = "lepton:hardware"
 REMEASURED_PREFIX = "lepton:remeasured:"
 
 FAIL_REASON = "fail_reason"

@@ -44,6 +44,7 @@ from lepton_search.objectives import (
     prepare,
 )
 from lepton_search.objectives._compress import canonical_config
+from lepton_search.objectives._devices import device_class_of
 from lepton_search.objectives._evaluate import load_task
 from lepton_search.objectives._latency import DEFAULT_NOISE_BAND
 from lepton_search.search._attrs import (
@@ -52,6 +53,7 @@ from lepton_search.search._attrs import (
     REMEASURED_PREFIX,
     REQUEUED,
     STUDY_BASELINE_ATTR,
+    STUDY_HARDWARE_ATTR,
     STUDY_HYPERVOLUME_ATTR,
     STUDY_OBJECTIVES_ATTR,
     STUDY_SPEC_ATTR,
@@ -61,6 +63,7 @@ from lepton_search.search._frontier import hypervolume, reference_point
 from lepton_search.search._samplers import SamplerSpaceError, check_sampler_space, create_sampler, run_seed
 from lepton_search.search._spec import StudySpec
 from lepton_search.spaces import CompressionConfig, SearchSpace
+from lepton_search.spaces._hardware import SpaceHardware
 from lepton_search.storage import (
     DEFAULT_ARTIFACT_DIR,
     DEFAULT_STORAGE_URL,
@@ -156,8 +159,42 @@ def open_study(spec: StudySpec, locations: Locations, *, create: bool = True, se
             study.set_metric_names(spec.objective_names)
         study.set_user_attr(STUDY_OBJECTIVES_ATTR, spec.objective_names)
         study.set_user_attr(STUDY_SPEC_ATTR, spec.model_dump(mode="json"))
+        study.set_user_attr(STUDY_HARDWARE_ATTR, spec.space.hardware.to_dict())
         study.set_user_attr("lepton:version", __version__)
     return study
+
+
+def study_hardware(study: optuna.Study) -> SpaceHardware:
+    """The CPU ``study``'s space decides for: the one recorded when it was created, or, for a
+    study created before that was recorded, the decisions of that version (:meth:`SpaceHardware.legacy`)."""
+    recorded = study.user_attrs.get(STUDY_HARDWARE_ATTR)
+    if recorded:
+        try:
+            return SpaceHardware.from_dict(recorded)
+        except (KeyError, TypeError, ValueError):
+            pass  # a damaged record: fall back to the legacy decisions, which kept every choice
+    return SpaceHardware.legacy()
+
+
+def with_study_hardware(spec: StudySpec, study: optuna.Study) -> StudySpec:
+    """``spec`` whose space makes the hardware decisions ``study`` was created with.
+
+    Optuna requires a parameter's choices to stay fixed within a study, and bf16 on torch-cpu,
+    ``reduce_range`` and the int8 format depend on the CPU, so a study resumed on another CPU keeps
+    its own decisions (and says so): its trials are still measured, and keyed, on the CPU they run on.
+    """
+    hardware = study_hardware(study)
+    here = SpaceHardware.detect()
+    if not hardware.decisions_equal(here):
+        logger.warning(
+            "Study %r was created on %s; this machine is %s, where its space would differ (bf16 on torch-cpu, "
+            "reduce_range or the int8 format). The study keeps its own space; trials are measured here and "
+            "recorded with this device class. Start a new study ([study].name) to search this CPU's space.",
+            study.study_name,
+            hardware.description,
+            here.description,
+        )
+    return spec.model_copy(update={"space": spec.space.for_hardware(hardware)})
 
 
 def warm_start(study: optuna.Study, spec: StudySpec, storage_url: str) -> int:
@@ -265,9 +302,19 @@ def constraint_values(spec: StudySpec, result: TrialResult, baseline_accuracy: f
     return values
 
 
-def result_key(request: TrialRequest, task_fingerprint: str, config: CompressionConfig) -> str:
-    """The result-cache key of ``config``: task, config and the whole measurement setup."""
+def result_key(
+    request: TrialRequest, task_fingerprint: str, config: CompressionConfig, device_class: str | None = None
+) -> str:
+    """The result-cache key of ``config``: task, config and the whole measurement setup.
+
+    The device part includes the device class (a hash of the CPU's or GPU's kernel-relevant
+    identity, ``objectives/_devices.py``), so a result measured on one ISA is never served on
+    another. ``device_class`` names the class a result was measured on; by default it is this
+    machine's, where a lookup expects the trial to be measured.
+    """
     manifest = get_backend(request.settings.backend, require_usable=False).manifest(request.settings.threads)
+    if device_class is not None:
+        manifest = {**manifest, "device_class": device_class}
     settings = dataclasses.asdict(request.settings)
     settings.pop("seed")
     return cache_key(
@@ -278,7 +325,9 @@ def result_key(request: TrialRequest, task_fingerprint: str, config: Compression
         fidelity=request.max_distill_epochs,
         settings=settings,
         cost=dataclasses.asdict(request.cost),
-        device={k: manifest.get(k) for k in ("backend", "device_class", "device", "onnxruntime", "threads")},
+        device={
+            k: manifest.get(k) for k in ("backend", "device_kind", "device_class", "device", "onnxruntime", "threads")
+        },
         version=__version__,
     )
 
@@ -741,8 +790,11 @@ class _Run:
         self.hypervolume = self.record_hypervolume(trial.number)
         if cached_from is None:
             payload = {k: v for k, v in dataclasses.asdict(result).items() if k != "onnx_bytes"}
+            # Keyed by the device class the result was measured on (a worker on another node can
+            # differ from this driver's machine): it is served only to lookups for that class.
+            measured_on = device_class_of(result.latency.get("device"))
             self.cache.put(
-                result_key(self.request, self.fingerprint, config),
+                result_key(self.request, self.fingerprint, config, measured_on),
                 study_name=self.study.study_name,
                 trial_number=trial.number,
                 artifact_id=frozen.user_attrs.get("artifact_id"),
@@ -981,6 +1033,7 @@ def run_study(
 
     check_sampler_space(spec.sampler.name, spec.space.suggest)  # before anything is written
     study = open_study(spec, locations)
+    spec = with_study_hardware(spec, study)
     artifact_store = get_artifact_store(locations.artifact_dir)
     summary.warm_started = warm_start(study, spec, locations.storage_url)
     summary.recipes_queued = queue_recipes(study, spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
+from lepton_search.objectives._devices import device_class_of
 from lepton_search.search._attrs import (
     DUPLICATE_OF,
     REMEASURED_PREFIX,
@@ -110,6 +111,9 @@ def remeasured(study: optuna.Study, number: int) -> dict[str, Any] | None:
         "ratio_ci": data["ratio_ci"],
         "verdict": data["verdict"],
         "baseline_median_ms": data["baseline"]["median_ms"],
+        "rerun_ci_ms": candidate.get("rerun_ci_ms"),
+        "device_class": device_class_of(data.get("device")),
+        "device_class_name": (data.get("device") or {}).get("device_class_name"),
         "at": data.get("at"),
     }
 
@@ -129,10 +133,13 @@ def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str], study: optuna
             "ratio_to_baseline": attrs.get("ratio_to_baseline"),
             "ratio_ci": attrs.get("ratio_ci"),
             "ci_ms": latency.get("ci_ms"),
+            "rerun_ci_ms": latency.get("rerun_ci_ms"),
             "p95_ms": latency.get("p95_ms"),
             "cv": latency.get("cv"),
             "sessions": latency.get("sessions"),
             "verdict": attrs.get("verdict"),
+            "device_class": device_class_of(attrs.get("device")),
+            "device_class_name": (attrs.get("device") or {}).get("device_class_name"),
             "remeasured": again,
         },
         "slower_than_baseline": slower,

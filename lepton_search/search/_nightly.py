@@ -6,9 +6,13 @@ section) a night's run:
 1. extends the study by ``[nightly].trials`` trials (the target is recorded in the run ledger, so
    a second run on the same date adds nothing and a crashed run resumes to the same target);
 2. re-measures the current frontier in fresh processes on today's software and hardware;
-3. compares each frontier point's re-measured latency with the last snapshot before today: a point
-   regressed when the lower end of today's 95% interval is above the earlier median times
-   ``1 + tolerance`` (``[nightly].regression_tolerance``, default 0.25);
+3. compares each frontier point's re-measured latency with the last snapshot before today taken on
+   the same device class (the CPU's or GPU's kernel-relevant identity, not its name: a job that
+   moves to a faster CPU must not hide a regression): a point regressed when the lower end of
+   today's 95% interval is above the earlier median times ``1 + tolerance``
+   (``[nightly].regression_tolerance``, default 0.25). A point measured on another device class
+   than its earlier one, or whose earlier snapshot recorded none (versions before it was
+   recorded), is not compared, and the report says so (``not_compared``);
 4. stores today's snapshot and manifest, and writes ``<out>/<study>/<date>.json`` and ``.html``.
 
 Exit codes: 0 no regression; 3 a frontier regressed; 4 a study's run failed (4 wins over 3).
@@ -46,29 +50,64 @@ def _version(package: str) -> str | None:
 
 def run_manifest(study_file: Path) -> dict[str, Any]:
     """What tonight's numbers were measured with: library versions, machine, study file hash."""
-    from lepton_search.objectives._devices import cpu_model, nvidia_smi
+    from lepton_search.objectives._devices import cpu_identity, nvidia_smi
 
     gpu = nvidia_smi()
+    cpu = cpu_identity()
     return {
         "versions": {p: _version(p) for p in ("lepton-search", "torch", "onnxruntime", "optuna", "ray")},
         "python": platform.python_version(),
         "host": platform.node(),
-        "cpu": cpu_model(),
+        "cpu": cpu.model_name,
+        "device_class": cpu.device_class,
+        "device_class_name": cpu.description,
         "gpu_driver": f"{gpu['name']}, {gpu['driver_version']}" if gpu else None,
         "study_file_sha256": hashlib.sha256(study_file.read_bytes()).hexdigest(),
     }
 
 
-def compare(previous: dict[str, Any] | None, current: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:
-    """Frontier points whose re-measured latency got slower than ``tolerance`` allows."""
+def _pairs(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[tuple[dict, dict, dict]]:
+    """(trial, today's re-measurement, the earlier one) for points re-measured both times."""
     if previous is None:
         return []
     before = {t["number"]: t for t in previous["trials"]}
-    regressions = []
+    out = []
     for trial in current["trials"]:
         now = trial["latency"].get("remeasured")
         then = (before.get(trial["number"]) or {}).get("latency", {}).get("remeasured")
-        if not now or not then:
+        if now and then:
+            out.append((trial, now, then))
+    return out
+
+
+def _comparable(now: dict[str, Any], then: dict[str, Any]) -> str | None:
+    """Why two re-measurements of a point cannot be compared; None when they can."""
+    before, today = then.get("device_class"), now.get("device_class")
+    if not before:
+        return "the earlier snapshot did not record its device class (taken by an older version)"
+    if before != today:
+        return (
+            f"measured on another device class: {then.get('device_class_name') or before} ({before}) then, "
+            f"{now.get('device_class_name') or today} ({today}) now; latency is compared only within one"
+        )
+    return None
+
+
+def not_compared(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[dict[str, Any]]:
+    """Frontier points re-measured both times whose latencies :func:`compare` skips, and why."""
+    return [
+        {"number": trial["number"], "label": trial.get("label"), "reason": reason}
+        for trial, now, then in _pairs(previous, current)
+        if (reason := _comparable(now, then)) is not None
+    ]
+
+
+def compare(previous: dict[str, Any] | None, current: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:
+    """Frontier points whose re-measured latency got slower than ``tolerance`` allows, on one
+    device class (points measured on different classes are in :func:`not_compared`)."""
+    regressions = []
+    for trial, now, then in _pairs(previous, current):
+        if _comparable(now, then) is not None:
             continue
         limit = then["median_ms"] * (1 + tolerance)
         if now["ci_ms"][0] > limit:
@@ -94,9 +133,28 @@ class NightlyOutcome:
     status: str  # "ok", "regressed", "failed", "skipped"
     added_trials: int = 0
     regressions: list[dict[str, Any]] = field(default_factory=list)
+    #: Frontier points not compared with their earlier snapshot (another device class), and why.
+    not_compared: list[dict[str, Any]] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
     error: str | None = None
     already_ran: bool = False
+
+
+#: How many earlier snapshots a night looks back through for one taken on its own device class.
+SNAPSHOT_LOOKBACK = 60
+
+
+def last_snapshot_on(ledger: RunLedger, study: str, before: str, device_class: str) -> dict[str, Any] | None:
+    """The newest snapshot of ``study`` before ``before`` taken on ``device_class``; else the newest
+    one at all (its points then show up in :func:`not_compared`), or None."""
+    newest = candidate = ledger.last_snapshot(study, before=before)
+    for _ in range(SNAPSHOT_LOOKBACK):
+        if candidate is None:
+            break
+        if candidate["manifest"].get("device_class") == device_class:
+            return candidate
+        candidate = ledger.last_snapshot(study, before=candidate["run_date"])
+    return newest
 
 
 def study_files(path: Path) -> list[Path]:
@@ -148,9 +206,10 @@ def run_nightly_study(
         study = open_study(spec, locations)
         outcome.added_trials = counted_trials(study) - before
         current = frontier(study)
-        previous = ledger.last_snapshot(name, before=run_date)
+        previous = last_snapshot_on(ledger, name, run_date, manifest["device_class"])
         tolerance = nightly.regression_tolerance
         outcome.regressions = compare(previous["frontier"] if previous else None, current, tolerance)
+        skipped = outcome.not_compared = not_compared(previous["frontier"] if previous else None, current)
         outcome.status = "regressed" if outcome.regressions else "ok"
         ledger.save_snapshot(name, run_date, current, manifest)
         folder = safe_join(out_dir, name)
@@ -161,8 +220,11 @@ def run_nightly_study(
             "status": outcome.status,
             "added_trials": outcome.added_trials,
             "previous_snapshot": previous["run_date"] if previous else None,
+            "device_class": manifest["device_class"],
+            "device_class_name": manifest["device_class_name"],
             "tolerance": tolerance,
             "regressions": outcome.regressions,
+            "not_compared": skipped,
             "manifest": manifest,
             "frontier": current,
         }

@@ -328,6 +328,18 @@ def write_report(study: optuna.Study, path: Path) -> Path:
         if base_latency
         else "<p>No completed trials yet.</p>"
     )
+    devices = sorted(
+        {
+            (t["latency"].get("device_class_name") or "device class not recorded", t["latency"].get("device_class"))
+            for t in data["trials"]
+        },
+        key=str,
+    )
+    if devices:
+        words = "; ".join(f"{name} ({klass})" if klass else name for name, klass in devices)
+        summary += (
+            f"<p>Frontier measured on: {html.escape(words)}. Latency is compared only within one device class.</p>"
+        )
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>lepton-search: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}

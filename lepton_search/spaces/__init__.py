@@ -11,6 +11,7 @@ from lepton_search.spaces._config import (
     PruneConfig,
     QuantizeConfig,
 )
+from lepton_search.spaces._hardware import SpaceHardware
 from lepton_search.spaces._space import (
     DeploymentSpace,
     DistillationSpace,
@@ -33,4 +34,5 @@ __all__ = [
     "QuantizationSpace",
     "QuantizeConfig",
     "SearchSpace",
+    "SpaceHardware",
 ]

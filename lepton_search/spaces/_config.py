@@ -20,6 +20,7 @@ Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 Int8Mode = Literal["dynamic", "static"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 Granularity = Literal["per_channel", "per_tensor"]
+Int8Format = Literal["u8s8", "s8s8"]
 PruneMethod = Literal["none", "unstructured", "channel", "depth", "2:4"]
 ChannelImportance = Literal["activation", "contribution", "l1", "l2", "taylor"]
 Reconstruction = Literal["least_squares"]
@@ -35,6 +36,8 @@ QUANTIZED_PRECISIONS: tuple[str, ...] = ("int8", "int4")
 INT8_MODES: tuple[str, ...] = ("dynamic", "static")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 GRANULARITIES: tuple[str, ...] = ("per_channel", "per_tensor")
+#: int8 operand formats: activations unsigned or signed, weights signed (see ``spaces/_hardware.py``).
+INT8_FORMATS: tuple[str, ...] = ("u8s8", "s8s8")
 #: Block sizes of ONNX Runtime's MatMulNBits (a power of two, at least 16).
 INT4_BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 #: Rows per calibration batch: static int8 calibrates on ``calibration_batches`` x this many samples.
@@ -117,6 +120,13 @@ class QuantizeConfig:
     ``fp32_fraction`` (int8 and int4 only; ``None``: off) turns on per-layer mixed precision: that
     fraction of the quantizable layers, the most sensitive first, stays fp32 (sensitivity is
     measured once per task and quantization mode, see ``objectives/_sensitivity.py``).
+
+    ``reduce_range`` (int8 only; ``None``: off) quantizes weights to 7 bits, which keeps the 16-bit
+    sums of x86 CPUs without VNNI from saturating. ``int8_format`` (int8 only; ``None``: ``u8s8``)
+    makes static int8 activations unsigned (``u8s8``) or signed (``s8s8``); dynamic int8 quantizes
+    activations to unsigned bytes at run time and is always ``u8s8``. Which of these a search
+    space offers is decided from the measuring CPU's ISA (``spaces/_hardware.py``); ``None`` keeps
+    the JSON and hash of configs written before the knobs existed.
     """
 
     precision: Precision = "fp32"
@@ -127,8 +137,17 @@ class QuantizeConfig:
     int4_block_size: int | None = None
     int4_symmetric: bool | None = None
     fp32_fraction: float | None = None
+    reduce_range: bool | None = None
+    int8_format: Int8Format | None = None
 
-    _INT8_KEYS: ClassVar[tuple[str, ...]] = ("int8_mode", "calibration_method", "calibration_batches", "granularity")
+    _INT8_KEYS: ClassVar[tuple[str, ...]] = (
+        "int8_mode",
+        "calibration_method",
+        "calibration_batches",
+        "granularity",
+        "reduce_range",
+        "int8_format",
+    )
     _INT4_KEYS: ClassVar[tuple[str, ...]] = ("int4_block_size", "int4_symmetric")
 
     def __post_init__(self) -> None:
@@ -138,7 +157,8 @@ class QuantizeConfig:
             _require(
                 not extra,
                 f"quantization.precision = {self.precision!r} takes no int8 or int4 settings, got {', '.join(extra)}; "
-                "remove them (int8_mode, calibration and granularity apply only with precision = 'int8', "
+                "remove them (int8_mode, calibration, granularity, reduce_range and int8_format apply only with "
+                "precision = 'int8', "
                 "int4_block_size and int4_symmetric only with precision = 'int4', fp32_fraction with either).",
             )
             return
@@ -166,7 +186,18 @@ class QuantizeConfig:
         _check_choice("quantization.int8_mode", self.int8_mode, INT8_MODES)
         if self.granularity is not None:
             _check_choice("quantization.granularity", self.granularity, GRANULARITIES)
+        _require(
+            self.reduce_range is None or isinstance(self.reduce_range, bool),
+            f"quantization.reduce_range = {self.reduce_range!r} must be true (7-bit weights) or false.",
+        )
+        if self.int8_format is not None:
+            _check_choice("quantization.int8_format", self.int8_format, INT8_FORMATS)
         if self.int8_mode == "dynamic":
+            _require(
+                self.int8_format in (None, "u8s8"),
+                f"quantization.int8_format = {self.int8_format!r} is not allowed with int8_mode = 'dynamic', which "
+                "quantizes activations to unsigned bytes at run time (u8s8); remove int8_format or use static int8.",
+            )
             extra = _set_keys(self, ("calibration_method", "calibration_batches"))
             _require(
                 not extra,
@@ -475,17 +506,19 @@ class GraphConfig:
         return self.fusion is not None or self.skip_layer_norm is not None
 
 
-#: Precisions a torch backend runs, by device class: the module is cast to the dtype (a wrapper
-#: casts float inputs in and outputs back to fp32). bf16 runs on the CPU for real; fp16 only on GPUs
-#: (CPUs emulate most fp16 kernels, slower than fp32). int8/int4 are ONNX Runtime quantizations and
-#: run only on ONNX backends.
+#: Precisions a torch backend can run, by device kind: the module is cast to the dtype (a wrapper
+#: casts float inputs in and outputs back to fp32). fp16 runs only on GPUs: on CPUs it ran slower
+#: than fp32 even with AVX-512 FP16 (``spaces/_hardware.py``). Whether a search space offers bf16
+#: on the CPU is decided from its ISA there too; a config may hold it anywhere (it then runs, and
+#: is measured, on whatever CPU it is given). int8/int4 are ONNX Runtime quantizations and run
+#: only on ONNX backends.
 TORCH_PRECISIONS: dict[str, tuple[str, ...]] = {"cpu": ("fp32", "bf16"), "gpu": ("fp32", "fp16", "bf16")}
 MAX_DEPLOY_BATCH_SIZE = 65536
 MAX_DEPLOY_THREADS = 512
 
 
 def backend_traits(backend: str) -> tuple[str, str]:
-    """``(model_format, device_class)`` of the registered latency backend ``backend``.
+    """``(model_format, device_kind)`` of the registered latency backend ``backend`` (kind: cpu or gpu).
 
     Raises:
         ConfigError: ``backend`` is not a registered latency backend.
@@ -500,16 +533,16 @@ def backend_traits(backend: str) -> tuple[str, str]:
         f"deployment.backend = {backend!r} is not a registered latency backend; use one of {sorted(registry)}.",
     )
     cls = registry[backend]
-    return cls.model_format, cls.device_class
+    return cls.model_format, cls.device_kind
 
 
 def torch_precisions(backend: str) -> tuple[str, ...] | None:
     """The precisions ``backend`` runs if it is a torch backend; ``None`` for ONNX backends (which
     run every :class:`QuantizeConfig`)."""
-    model_format, device_class = backend_traits(backend)
+    model_format, device_kind = backend_traits(backend)
     if model_format != "torch-export":
         return None
-    return TORCH_PRECISIONS.get(device_class, TORCH_PRECISIONS["cpu"])
+    return TORCH_PRECISIONS.get(device_kind, TORCH_PRECISIONS["cpu"])
 
 
 def check_backend_precision(backend: str, quantization: QuantizeConfig) -> None:
@@ -520,7 +553,8 @@ def check_backend_precision(backend: str, quantization: QuantizeConfig) -> None:
     raise ConfigError(
         f"quantization.precision = {quantization.precision!r} cannot run on backend {backend!r}: torch backends run "
         f"the module cast to one of {list(allowed)} (int8/int4 quantization is done by ONNX Runtime, and fp16 runs "
-        "on GPUs only). Choose one of those precisions, or an onnxruntime-* backend."
+        "on GPUs only: on CPUs it ran slower than fp32 even with AVX-512 FP16). Choose one of those precisions, or "
+        "an onnxruntime-* backend."
     )
 
 
@@ -687,6 +721,10 @@ class CompressionConfig:
             knobs = [str(q.calibration_method)] if q.int8_mode == "static" else []
             if not q.per_channel:
                 knobs.append("per-tensor")
+            if q.int8_format == "s8s8":
+                knobs.append("s8s8")
+            if q.reduce_range:
+                knobs.append("7-bit weights")
             if knobs:
                 label += f"({', '.join(knobs)})"
         elif q.precision == "int4":

@@ -6,9 +6,13 @@ when distilling). Ordered knobs are suggested as numbers, not categories, so sam
 order.
 
 Why dynamic int8 never touches convolutions: ONNX Runtime's dynamic quantization computes the
-activation scale at run time; for convolutions on CPUs without VNNI this measured 0.2-0.27x of fp32
-speed (``shared/notes/latency.md``). Dynamic int8 therefore quantizes only MatMul/Gemm layers, and
-static QDQ int8 is the mode for convolutional models.
+activation scale at run time; for convolutions this measured 0.2-0.27x of fp32 speed on an AVX2 CPU
+and 0.13x on one with AVX-512 VNNI and AMX. Dynamic int8 therefore quantizes only MatMul/Gemm
+layers, and static QDQ int8 is the mode for convolutional models.
+
+Hardware decisions (bf16 on torch-cpu, ``reduce_range``, the int8 format; ``spaces/_hardware.py``)
+are made from the measuring CPU's ISA: :meth:`SearchSpace.for_hardware` fixes the CPU they are made
+for, and a space used without it decides for the CPU this process runs on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from lepton_search.errors import ConfigError
 from lepton_search.spaces._config import (
@@ -35,6 +39,7 @@ from lepton_search.spaces._config import (
     Granularity,
     GraphConfig,
     GraphFusion,
+    Int8Format,
     Int8Mode,
     OptimizationLevel,
     Precision,
@@ -46,6 +51,7 @@ from lepton_search.spaces._config import (
     backend_traits,
     torch_precisions,
 )
+from lepton_search.spaces._hardware import HardwareDecisions, SpaceHardware, decide
 
 
 class TrialLike(Protocol):
@@ -87,8 +93,12 @@ class QuantizationSpace(_Section):
       per-layer mixed precision for int8 and int4: that fraction of the quantizable layers, the most
       sensitive first (measured once per study, ``objectives/_sensitivity.py``), stays fp32.
     - ``bf16`` runs on the torch backends only, so it is refused here (the torch backends take their
-      precision from ``[space.deployment] torch_precision``); ``fp16`` runs slower than fp32 on CPUs
-      and is not offered by default.
+      precision from ``[space.deployment] torch_precision``); ``fp16`` runs no faster than fp32 on x86
+      CPUs and is not offered by default.
+    - ``reduce_range`` and ``int8_format`` (params ``int8_reduce_range``, ``int8_format``) are decided
+      from the measuring CPU when left out (``spaces/_hardware.py``): reduce_range is searched on x86
+      CPUs without VNNI only, and x86 runs int8 as U8S8. Listed, they are searched where the CPU
+      allows them; a value it does not is dropped, and :meth:`SearchSpace.hardware_report` says why.
     """
 
     precision: list[Precision] = Field(
@@ -109,8 +119,23 @@ class QuantizationSpace(_Section):
         default=None, description="[low, high] within [0, 1): fraction of the most sensitive layers kept fp32"
     )
     fp32_fraction_step: float = Field(default=0.05, gt=0, le=0.5)
+    reduce_range: list[bool] | None = Field(
+        default=None, description="int8 7-bit weights: false and/or true (None: decided from the CPU's ISA)"
+    )
+    int8_format: list[Int8Format] | None = Field(
+        default=None, description="static int8 formats: u8s8 and/or s8s8 (None: decided from the CPU's ISA)"
+    )
 
-    @field_validator("precision", "int8_mode", "calibration_method", "granularity", "int4_block_size", "int4_symmetric")
+    @field_validator(
+        "precision",
+        "int8_mode",
+        "calibration_method",
+        "granularity",
+        "int4_block_size",
+        "int4_symmetric",
+        "reduce_range",
+        "int8_format",
+    )
     @classmethod
     def _choices(cls, v: list[Any] | None, info: Any) -> list[Any] | None:
         return None if v is None else _non_empty_unique(v, f"quantization.{info.field_name}")
@@ -148,7 +173,35 @@ class QuantizationSpace(_Section):
             raise ValueError(f"fp32_fraction must be [low, high] with 0 <= low <= high < 1, got {list(v)}")
         return v
 
-    def suggest(self, trial: TrialLike) -> QuantizeConfig:
+    def reduce_range_choices(self, decisions: HardwareDecisions) -> list[bool] | None:
+        """The ``reduce_range`` values searched on a CPU with ``decisions``; None: the knob is off."""
+        if not decisions.reduce_range_allowed:
+            return None
+        if self.reduce_range is None:
+            return None if decisions.reduce_range_default is None else list(decisions.reduce_range_default)
+        return [v for v in self.reduce_range if v in decisions.reduce_range_allowed] or None
+
+    def int8_format_choices(self, decisions: HardwareDecisions) -> list[str] | None:
+        """The static int8 formats searched on a CPU with ``decisions``; None: U8S8, not searched."""
+        if self.int8_format is None:
+            return None if decisions.int8_format_default is None else list(decisions.int8_format_default)
+        kept = [f for f in self.int8_format if f in decisions.int8_format_allowed]
+        if kept:
+            return kept
+        return None if decisions.int8_format_default is None else list(decisions.int8_format_default)
+
+    def dropped(self, decisions: HardwareDecisions) -> list[tuple[str, Any]]:
+        """``(knob, value)`` for each listed value that the CPU's decisions drop."""
+        out: list[tuple[str, Any]] = []
+        for value in self.reduce_range or []:
+            if value not in decisions.reduce_range_allowed and value:
+                out.append(("quantization.reduce_range", value))
+        for value in self.int8_format or []:
+            if value not in decisions.int8_format_allowed:
+                out.append(("quantization.int8_format", value))
+        return out
+
+    def suggest(self, trial: TrialLike, hardware: SpaceHardware | None = None) -> QuantizeConfig:
         precision = trial.suggest_categorical("precision", self.precision)
         if precision not in ("int8", "int4"):
             return QuantizeConfig(precision=precision)
@@ -163,12 +216,24 @@ class QuantizationSpace(_Section):
                 int4_symmetric=trial.suggest_categorical("int4_symmetric", self.int4_symmetric),
                 fp32_fraction=fraction,
             )
+        decisions = decide(hardware or SpaceHardware.detect())
         mode = trial.suggest_categorical("int8_mode", self.int8_mode)
         granularity = (
             None if self.granularity is None else trial.suggest_categorical("int8_granularity", self.granularity)
         )
+        reduce_choices = self.reduce_range_choices(decisions)
+        reduce_range = (
+            None if reduce_choices is None else trial.suggest_categorical("int8_reduce_range", reduce_choices)
+        )
         if mode != "static":
-            return QuantizeConfig(precision="int8", int8_mode=mode, granularity=granularity, fp32_fraction=fraction)
+            return QuantizeConfig(
+                precision="int8",
+                int8_mode=mode,
+                granularity=granularity,
+                fp32_fraction=fraction,
+                reduce_range=reduce_range,
+            )
+        formats = self.int8_format_choices(decisions)
         return QuantizeConfig(
             precision="int8",
             int8_mode="static",
@@ -176,9 +241,11 @@ class QuantizationSpace(_Section):
             calibration_batches=trial.suggest_int("calibration_batches", *self.calibration_batches),
             granularity=granularity,
             fp32_fraction=fraction,
+            reduce_range=reduce_range,
+            int8_format=None if formats is None else trial.suggest_categorical("int8_format", formats),
         )
 
-    def contains(self, config: QuantizeConfig) -> bool:
+    def contains(self, config: QuantizeConfig, hardware: SpaceHardware | None = None) -> bool:
         checks = [config.precision in self.precision]
         if config.precision in ("int8", "int4"):
             fraction, offered = config.fp32_fraction, self.fp32_fraction
@@ -189,10 +256,15 @@ class QuantizationSpace(_Section):
         if config.precision == "int4":
             checks += [config.int4_block_size in self.int4_block_size, config.int4_symmetric in self.int4_symmetric]
         if config.precision == "int8":
+            decisions = decide(hardware or SpaceHardware.detect())
+            reduce_choices = self.reduce_range_choices(decisions)
+            formats = self.int8_format_choices(decisions) if config.int8_mode == "static" else None
             checks += [
                 config.int8_mode in self.int8_mode,
                 (config.granularity is None) == (self.granularity is None)
                 and (self.granularity is None or config.granularity in self.granularity),
+                config.reduce_range is None if reduce_choices is None else config.reduce_range in reduce_choices,
+                config.int8_format is None if formats is None else config.int8_format in formats,
             ]
             if config.int8_mode == "static":
                 checks += [
@@ -213,9 +285,13 @@ class QuantizationSpace(_Section):
             params["int8_mode"] = config.int8_mode
             if config.granularity is not None:
                 params["int8_granularity"] = config.granularity
+            if config.reduce_range is not None:
+                params["int8_reduce_range"] = config.reduce_range
             if config.int8_mode == "static":
                 params["calibration_method"] = config.calibration_method
                 params["calibration_batches"] = config.calibration_batches
+            if config.int8_format is not None:
+                params["int8_format"] = config.int8_format
         return params
 
 
@@ -555,8 +631,8 @@ def torch_precision_param(backend: str) -> str:
     differ from the ONNX ones (and between CPU and GPU), so each backend family has its own name:
     ``torch_cpu_precision`` or ``torch_gpu_precision``. ONNX backends use ``precision``.
     """
-    _, device_class = backend_traits(backend)
-    return f"torch_{device_class}_precision"
+    _, device_kind = backend_traits(backend)
+    return f"torch_{device_kind}_precision"
 
 
 class DeploymentSpace(_Section):
@@ -615,12 +691,16 @@ class DeploymentSpace(_Section):
         """Whether any deployment knob is searched."""
         return any(v is not None for v in (self.backend, self.batch_size, self.threads))
 
-    def precisions_for(self, backend: str) -> list[str] | None:
-        """``torch_precision`` choices that torch backend ``backend`` runs; None for ONNX backends."""
+    def precisions_for(self, backend: str, hardware: SpaceHardware | None = None) -> list[str] | None:
+        """``torch_precision`` choices that torch backend ``backend`` runs, on the CPU ``hardware``
+        describes (default: this one) for a CPU backend; None for ONNX backends."""
         allowed = torch_precisions(backend)
         if allowed is None:
             return None
-        return [p for p in self.torch_precision if p in allowed]
+        choices = [p for p in self.torch_precision if p in allowed]
+        if backend_traits(backend)[1] == "cpu" and not decide(hardware or SpaceHardware.detect()).torch_cpu_bf16:
+            choices = [p for p in choices if p != "bf16"]
+        return choices
 
     def suggest(self, trial: TrialLike) -> DeploymentConfig:
         return DeploymentConfig(
@@ -743,24 +823,80 @@ class SearchSpace(_Section):
     distillation: DistillationSpace = Field(default_factory=DistillationSpace)
     deployment: DeploymentSpace = Field(default_factory=DeploymentSpace)
     graph: GraphSpace = Field(default_factory=GraphSpace)
+    # The CPU the hardware decisions are made for (see for_hardware); None: the one detected here.
+    _hardware: SpaceHardware | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _torch_backends_have_a_precision(self) -> SearchSpace:
+        # Hardware-independent: whether a listed precision runs on the backend at all. Whether this
+        # CPU runs it fast is for_hardware's question, asked where the measuring CPU is known.
         for backend in self.deployment.backend or []:
-            choices = self.deployment.precisions_for(backend)
-            if choices is not None and not choices:
+            allowed = torch_precisions(backend)
+            if allowed is not None and not [p for p in self.deployment.torch_precision if p in allowed]:
                 raise ValueError(
                     f"space.deployment.backend lists {backend!r}, but none of space.deployment.torch_precision "
-                    f"{self.deployment.torch_precision} runs on it (it runs {list(torch_precisions(backend) or ())}); "
+                    f"{self.deployment.torch_precision} runs on it (it runs {list(allowed)}); "
                     "add one of those, or remove the backend"
                 )
         return self
 
+    @property
+    def hardware(self) -> SpaceHardware:
+        """The CPU this space's hardware decisions are made for."""
+        return self._hardware if self._hardware is not None else SpaceHardware.detect()
+
+    def for_hardware(self, hardware: SpaceHardware) -> SearchSpace:
+        """This space with its hardware decisions made for ``hardware``.
+
+        Raises:
+            ConfigError: a listed torch CPU backend is left with no precision on that CPU (e.g.
+                ``torch_precision = ["bf16"]`` where the CPU has no AVX-512 BF16 or AMX-BF16); the
+                message gives the reason and the fix.
+        """
+        decisions = decide(hardware)
+        for backend in self.deployment.backend or []:
+            choices = self.deployment.precisions_for(backend, hardware)
+            if choices is not None and not choices:
+                raise ConfigError(
+                    f"space.deployment.backend lists {backend!r}, but on this CPU none of "
+                    f"space.deployment.torch_precision {self.deployment.torch_precision} is offered there: "
+                    f"{decisions.reasons['deployment.torch_precision bf16']}. Add fp32 to torch_precision, remove "
+                    f"{backend!r}, or run the study on a CPU with AVX-512 BF16 or AMX-BF16."
+                )
+        space = self.model_copy()
+        space._hardware = hardware
+        return space
+
+    def hardware_report(self, hardware: SpaceHardware | None = None) -> list[str]:
+        """What the hardware decided for this space, one sentence each, with the reasons."""
+        hardware = hardware or self.hardware
+        decisions = decide(hardware)
+        lines: list[str] = []
+        backends = self.deployment.backend or []
+        torch_cpu = [b for b in backends if torch_precisions(b) is not None and backend_traits(b)[1] == "cpu"]
+        if torch_cpu and "bf16" in self.deployment.torch_precision:
+            lines.append(decisions.reasons["deployment.torch_precision bf16"])
+        if torch_cpu and "fp16" in self.deployment.torch_precision:
+            lines.append(decisions.reasons["deployment.torch_precision fp16"])
+        onnx_cpu = not backends or any(torch_precisions(b) is None and backend_traits(b)[1] == "cpu" for b in backends)
+        q = self.quantization
+        if onnx_cpu and "fp16" in q.precision:
+            lines.append(decisions.reasons["quantization.precision fp16"])
+        if "int8" in q.precision:
+            if "dynamic" in q.int8_mode:
+                lines.append(decisions.reasons["quantization.int8_mode dynamic"])
+            lines.append(decisions.reasons["quantization.reduce_range"])
+            if "static" in q.int8_mode:
+                lines.append(decisions.reasons["quantization.int8_format"])
+            for knob, value in q.dropped(decisions):
+                lines.append(f"{knob} lists {value!r}, which this CPU does not run: dropped (see above)")
+        return lines
+
     def _suggest_quantization(self, trial: TrialLike, backend: str | None) -> QuantizeConfig:
         # The deployment is suggested first: which precisions exist depends on the backend.
-        choices = self.deployment.precisions_for(backend) if backend is not None else None
+        choices = self.deployment.precisions_for(backend, self.hardware) if backend is not None else None
         if choices is None:
-            return self.quantization.suggest(trial)
+            return self.quantization.suggest(trial, self.hardware)
         return QuantizeConfig(precision=trial.suggest_categorical(torch_precision_param(backend), choices))
 
     def suggest(self, trial: TrialLike) -> CompressionConfig:
@@ -779,9 +915,9 @@ class SearchSpace(_Section):
     def contains(self, config: CompressionConfig) -> bool:
         """Whether :meth:`suggest` could produce ``config`` (every value within this space)."""
         backend = config.deployment.backend
-        choices = self.deployment.precisions_for(backend) if backend is not None else None
+        choices = self.deployment.precisions_for(backend, self.hardware) if backend is not None else None
         quantization_ok = (
-            self.quantization.contains(config.quantization)
+            self.quantization.contains(config.quantization, self.hardware)
             if choices is None
             else config.quantization == QuantizeConfig(precision=config.quantization.precision)
             and config.quantization.precision in choices

@@ -289,6 +289,6 @@ def test_evaluate_on_torch_cuda_in_half_precision(
     )
     result = evaluate(request_for(teacher_cache, config, fast_settings, "digits-cnn", teacher.options), NoGate())
     assert result.model_format == "torch-export"
-    assert result.latency["device"]["device_class"] == "gpu"
+    assert result.latency["device"]["device_kind"] == "gpu"
     assert result.accuracy > teacher.accuracy - 0.02
     assert result.cost_usd_per_million > 0

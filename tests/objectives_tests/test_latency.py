@@ -31,7 +31,7 @@ from lepton_search.objectives import (
     summarize,
     verdict_of,
 )
-from lepton_search.objectives._devices import gpu_manifest, nvidia_smi, parse_nvidia_smi_csv
+from lepton_search.objectives._devices import cpu_identity, gpu_manifest, nvidia_smi, parse_nvidia_smi_csv
 from lepton_search.objectives._latency import (
     ResidentMemoryProbe,
     Runner,
@@ -315,8 +315,9 @@ def test_measure_pair_records_the_device_manifest(teacher: Any, fast_settings: M
     assert device["execution_provider"] == "CPUExecutionProvider"
     assert device["threads"] == 2
     assert device["onnxruntime"] == ort.__version__
-    assert device["device_class"] == "cpu"
-    assert device["device"]
+    assert device["device_kind"] == "cpu"
+    assert device["device_class"].startswith("cpu-") and device["device_class_name"]
+    assert device["cpu"]["isa"] and device["device"]
     d = pair.to_dict()
     assert set(d) == {"candidate", "baseline", "ratio", "ratio_ci", "verdict", "noise_band", "device"}
     assert d["verdict"] in ("faster", "slower", "tie")
@@ -461,7 +462,13 @@ class SyntheticBackend(LatencyBackend):
         return SyntheticRunner(self.medians[model_path.name] * drift, self.rng, self.log, model_path.name)
 
     def manifest(self, threads: int) -> dict[str, Any]:
-        return {"backend": self.name, "threads": threads, "device_class": "cpu", "device": "synthetic"}
+        return {
+            "backend": self.name,
+            "threads": threads,
+            "device_kind": "cpu",
+            "device_class": "cpu-synthetic",
+            "device": "synthetic",
+        }
 
 
 SYNTHETIC = MeasurementSettings(
@@ -508,11 +515,31 @@ def test_calibrated_noise_band_runs_once_per_directory_and_setup(tmp_path: Path)
 def test_a_damaged_calibration_file_is_measured_again(tmp_path: Path) -> None:
     backend = SyntheticBackend({"a.onnx": 5.0}, seed=4)
     settings = dataclasses.replace(SYNTHETIC, calibration_runs=2)
-    path = noise_band_file(tmp_path, tmp_path / "a.onnx", settings)
+    path = noise_band_file(tmp_path, tmp_path / "a.onnx", settings, "cpu-synthetic")
     path.write_text('{"delta": ')
     band = calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), settings, tmp_path, backend)
     assert band.runs == 2 and backend.opened
     assert json.loads(path.read_text())["delta"] == band.delta
+
+
+def test_a_calibration_is_kept_per_device_class(tmp_path: Path) -> None:
+    backend = SyntheticBackend({"a.onnx": 5.0}, seed=4)
+    settings = dataclasses.replace(SYNTHETIC, calibration_runs=2)
+    band = calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), settings, tmp_path, backend)
+    assert band.device_class == "cpu-synthetic" and len(band.medians_ms) == 2
+    # The file is named by the class, and a band from another class is never read for this one:
+    # a host name can move to another CPU.
+    path = noise_band_file(tmp_path, tmp_path / "a.onnx", settings, "cpu-synthetic")
+    assert path.exists() and "cpu-synthetic" in path.name
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "delta": 0.4, "device_class": "cpu-another"}))
+    backend.opened.clear()
+    again = calibrated_noise_band(tmp_path / "a.onnx", np.zeros(1), settings, tmp_path, backend)
+    assert backend.opened, "a band of another device class was reused"
+    assert again.device_class == "cpu-synthetic" and again.delta != 0.4
+    # A band stored before medians and classes were recorded still reads (without a re-run interval).
+    old = NoiseBand.from_dict({k: v for k, v in stored.items() if k not in ("medians_ms", "device_class")})
+    assert old.rerun_calibration() is None and old.delta == stored["delta"]
 
 
 def test_calibrated_noise_band_on_a_real_model(
@@ -675,7 +702,7 @@ def test_ort_gpu_backends_follow_the_providers_onnxruntime_offers(
         ort, "get_available_providers", lambda: [f"{provider}ExecutionProvider", "CPUExecutionProvider"]
     )
     assert available_backends()[backend].usable
-    assert get_backend(backend).device_class == "gpu"
+    assert get_backend(backend).device_kind == "gpu"
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
@@ -710,7 +737,12 @@ def test_cpu_manifest_records_library_threads_and_device() -> None:
     assert ort_manifest["onnxruntime"] == ort.__version__ and ort_manifest["threads"] == 3
     assert torch_manifest["torch"] == torch.__version__ and torch_manifest["threads"] == 2
     for manifest in (ort_manifest, torch_manifest):
-        assert manifest["device_class"] == "cpu" and manifest["device"] and manifest["execution_provider"]
+        assert manifest["device_kind"] == "cpu" and manifest["device"] and manifest["execution_provider"]
+        assert manifest["device_class"] == cpu_identity().device_class
+    # What the libraries chose, where they say it: torch's ATen kernel set on torch backends,
+    # ONNX Runtime's CPU device on ONNX Runtime backends.
+    assert torch_manifest["libraries"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert ort_manifest["libraries"]["onnxruntime_cpu_device"]["vendor"]
 
 
 NVIDIA_SMI_CSV = "NVIDIA H100 80GB HBM3, 550.54.15, 1980, 2619, 1980, 2619, 34, 71.52, P0, 81559\n"
@@ -735,7 +767,7 @@ def test_gpu_manifest_tolerates_a_machine_without_nvidia_smi(monkeypatch: pytest
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert nvidia_smi() == {}
     manifest = gpu_manifest()
-    assert manifest["device_class"] == "gpu"
+    assert manifest["device_kind"] == "gpu" and manifest["device_class"].startswith("gpu-")
     assert manifest["clocks_mhz"] is None
     assert manifest["device"] == "unknown GPU"
 
@@ -768,6 +800,6 @@ def test_ort_gpu_backend_measures_on_the_gpu(teacher: Any, fast_settings: Measur
     reference = get_backend("onnxruntime-cpu").open(teacher.onnx_path, threads=1).run(inputs)
     np.testing.assert_allclose(runner.run(inputs), reference, rtol=1e-2, atol=1e-2)
     pair = measure_pair(teacher.onnx_path, teacher.onnx_path, inputs, settings)
-    assert pair.device["device_class"] == "gpu" and pair.device["execution_provider"] == get_backend(backend).provider
+    assert pair.device["device_kind"] == "gpu" and pair.device["execution_provider"] == get_backend(backend).provider
     assert "clocks_mhz" in pair.device
     assert pair.candidate.peak_memory_mb is not None

@@ -143,7 +143,7 @@ def test_cuda_backend_measures_with_manifest_and_memory(programs: dict[str, Path
     assert stats.median_ms > 0
     assert stats.peak_memory_mb is not None and stats.peak_memory_mb > 0
     manifest = get_backend(backend).manifest(1)
-    assert manifest["device_class"] == "gpu"
+    assert manifest["device_kind"] == "gpu" and manifest["device_class"].startswith("gpu-")
     assert manifest["torch"] == torch.__version__
     assert manifest["device"] == torch.cuda.get_device_name(0)
     assert "clocks_mhz" in manifest

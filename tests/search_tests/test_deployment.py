@@ -18,7 +18,7 @@ from lepton_search.search._export import export_trial
 from lepton_search.search._frontier import baseline_summary, reference_point, speed_cost_frontiers
 from lepton_search.search._report import COST_FRONTIER_TITLE, SPEED_COST_TITLE
 from lepton_search.spaces import CompressionConfig, DeploymentConfig, PruneConfig, QuantizeConfig, SearchSpace
-from lepton_search.testing import study_dict
+from lepton_search.testing import simulated_cpu, study_dict
 
 uses_ray = pytest.mark.usefixtures("ray_session")
 
@@ -114,7 +114,11 @@ def test_a_study_on_torch_cpu_measures_torch_programs_in_fp32_and_bf16(tmp_path:
         CompressionConfig(quantization=QuantizeConfig(precision), deployment=DeploymentConfig(backend="torch-cpu"))
         for precision in ("fp32", "bf16")
     ]
-    spec, study, locations = _run(tmp_path, artifacts, configs, space=space, measurement={"remeasure_sessions": 2})
+    # The study's space is decided for a CPU with AMX-BF16, where bf16 is offered on torch-cpu (a CPU
+    # without it would not offer bf16, and says why: tests/spaces_tests/test_hardware.py).
+    with simulated_cpu("xeon-emerald-rapids"):
+        spec, study, locations = _run(tmp_path, artifacts, configs, space=space, measurement={"remeasure_sessions": 2})
+    assert study.user_attrs["lepton:hardware"]["description"].startswith("Emerald Rapids")
     baseline_accuracy = study.user_attrs["lepton:baseline"]["accuracy"]
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         precision = t.user_attrs["config"]["quantization"]["precision"]

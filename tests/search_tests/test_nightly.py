@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from lepton_search.errors import ConfigError
-from lepton_search.search._nightly import compare, study_files
+from lepton_search.search._nightly import compare, last_snapshot_on, not_compared, study_files
 from lepton_search.testing import study_dict, write_toml
 
 
@@ -57,10 +57,9 @@ def test_nightly_is_idempotent_and_reports_a_slowed_backend(tmp_path: Path, arti
     assert report["status"] == "regressed" and report["regressions"]
 
 
-def _snapshot(median: float, ci: tuple[float, float]) -> dict:
-    return {
-        "trials": [{"number": 1, "label": "x", "latency": {"remeasured": {"median_ms": median, "ci_ms": list(ci)}}}]
-    }
+def _snapshot(median: float, ci: tuple[float, float], device_class: str | None = "cpu-aaaaaaaaaaaa") -> dict:
+    again = {"median_ms": median, "ci_ms": list(ci), "device_class": device_class, "device_class_name": device_class}
+    return {"trials": [{"number": 1, "label": "x", "latency": {"remeasured": again}}]}
 
 
 def test_compare_flags_only_slowdowns_beyond_the_tolerance() -> None:
@@ -70,6 +69,38 @@ def test_compare_flags_only_slowdowns_beyond_the_tolerance() -> None:
     assert compare(before, _snapshot(0.5, (0.45, 0.55)), 0.25) == []  # faster is not a regression
     [regression] = compare(before, _snapshot(1.6, (1.5, 1.7)), 0.25)
     assert regression["number"] == 1 and regression["slowdown"] == pytest.approx(1.6)
+    assert not_compared(before, _snapshot(1.6, (1.5, 1.7))) == []
+
+
+def test_compare_only_within_one_device_class() -> None:
+    # The job moved to a CPU twice as fast under the same model name: a 1.6x regression there reads
+    # as 0.8x of the old CPU's latency. Across classes nothing is compared, and the report says why.
+    before = _snapshot(1.0, (0.95, 1.05), "cpu-avx2avx2avx2")
+    moved = _snapshot(0.8, (0.75, 0.85), "cpu-zen5zen5zen5")
+    assert compare(before, moved, 0.25) == []
+    [skipped] = not_compared(before, moved)
+    assert skipped["number"] == 1 and "another device class" in skipped["reason"]
+    assert "cpu-avx2avx2avx2" in skipped["reason"] and "cpu-zen5zen5zen5" in skipped["reason"]
+    # Nor against a snapshot of an older version, which did not record its class.
+    assert compare(_snapshot(1.0, (0.95, 1.05), None), _snapshot(1.6, (1.5, 1.7)), 0.25) == []
+    [old] = not_compared(_snapshot(1.0, (0.95, 1.05), None), _snapshot(1.6, (1.5, 1.7)))
+    assert "did not record its device class" in old["reason"]
+
+
+def test_the_previous_snapshot_is_the_last_one_on_this_device_class(tmp_path: Path) -> None:
+    from lepton_search.storage import RunLedger
+
+    ledger = RunLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        for date, klass in (("2026-11-01", "cpu-a"), ("2026-11-02", "cpu-b"), ("2026-11-03", "cpu-b")):
+            ledger.save_snapshot("s", date, {"trials": [], "date": date}, {"device_class": klass})
+        assert last_snapshot_on(ledger, "s", "2026-11-04", "cpu-a")["run_date"] == "2026-11-01"
+        assert last_snapshot_on(ledger, "s", "2026-11-04", "cpu-b")["run_date"] == "2026-11-03"
+        # No snapshot on this class: the newest one, whose points are then not compared.
+        assert last_snapshot_on(ledger, "s", "2026-11-04", "cpu-c")["run_date"] == "2026-11-03"
+        assert last_snapshot_on(ledger, "s", "2026-11-01", "cpu-a") is None
+    finally:
+        ledger.dispose()
 
 
 def test_nightly_paths(tmp_path: Path) -> None:

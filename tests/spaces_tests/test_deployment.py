@@ -16,6 +16,7 @@ from lepton_search.spaces import (
     QuantizeConfig,
     SearchSpace,
 )
+from lepton_search.testing import simulated_cpu
 
 # Hashes of configs written before the deployment section existed (computed on the previous commit).
 OLD_HASHES = {
@@ -84,7 +85,14 @@ def test_the_default_space_searches_no_deployment() -> None:
     assert not any(name.startswith("deploy_") for name in trial.params)
 
 
-def test_suggested_configs_stay_in_the_space_and_are_recreated_from_their_params() -> None:
+@pytest.mark.parametrize("cpu", ["epyc-avx2", "epyc-zen5"])
+def test_suggested_configs_stay_in_the_space_and_are_recreated_from_their_params(cpu: str) -> None:
+    # On a simulated CPU: bf16 on torch-cpu, and reduce_range, are hardware decisions.
+    with simulated_cpu(cpu):
+        _suggest_and_recreate(cpu)
+
+
+def _suggest_and_recreate(cpu: str) -> None:
     space = SearchSpace(
         deployment=DeploymentSpace(
             backend=["onnxruntime-cpu", "torch-cpu", "torch-cuda"], batch_size=[1, 64], threads=[1, 2]
@@ -110,7 +118,9 @@ def test_suggested_configs_stay_in_the_space_and_are_recreated_from_their_params
         replay.enqueue_trial(params)
         assert space.suggest(replay.ask()) == config
         study.tell(trial, 0.0)
-    assert ("torch-cpu", "bf16") in seen and ("torch-cuda", "fp16") in seen
+    assert ("torch-cuda", "fp16") in seen and ("torch-cuda", "bf16") in seen
+    # bf16 is offered on torch-cpu only where the CPU has AVX-512 BF16 (or AMX-BF16).
+    assert (("torch-cpu", "bf16") in seen) == (cpu == "epyc-zen5")
     assert ("onnxruntime-cpu", "int8") in seen
     assert not {("torch-cpu", "fp16"), ("torch-cpu", "int8"), ("torch-cuda", "int8")} & seen
 
