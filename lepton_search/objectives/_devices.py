@@ -423,15 +423,21 @@ class CpuIdentity:
             return ", ".join(words) or "no NEON"
         parts: list[str] = []
         if self.has("avx512f"):
-            extras = [name for flag, name in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"), ("avx512_fp16", "FP16"))
-                      if flag in self.features]
+            extras = [
+                name
+                for flag, name in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"), ("avx512_fp16", "FP16"))
+                if flag in self.features
+            ]
             parts.append("AVX-512" + (" " + "/".join(extras) if extras else ""))
         elif self.has("avx2"):
             parts.append("AVX2" + (", AVX-VNNI" if self.has("avx_vnni") else ", no VNNI"))
         else:
             parts.append("no AVX2")
-        amx = [name for flag, name in (("amx_int8", "INT8"), ("amx_bf16", "BF16"), ("amx_fp16", "FP16"))
-               if flag in self.features]
+        amx = [
+            name
+            for flag, name in (("amx_int8", "INT8"), ("amx_bf16", "BF16"), ("amx_fp16", "FP16"))
+            if flag in self.features
+        ]
         if amx:
             parts.append("AMX-" + "/".join(amx))
         return ", ".join(parts)

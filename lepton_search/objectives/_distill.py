@@ -189,9 +189,7 @@ class _Loop:
         import torch
 
         embedding = self.task.output_kind == "embedding"
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        )
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         trained = [p for p in self.student.parameters() if p.requires_grad]
         for epoch, inputs_np, labels_np in self.batches(seed):
             inputs, labels = to_torch(inputs_np), torch.from_numpy(np.asarray(labels_np))
@@ -238,9 +236,7 @@ class _Loop:
             loss = loss + config.hidden_weight * hidden_state_loss(self.student_hidden[:n], self.teacher_hidden[:n])
         if config.relation_weight is not None:
             mask = self.task.token_mask(inputs)
-            loss = loss + config.relation_weight * relation_loss(
-                self.student_hidden[n:], self.teacher_hidden[n:], mask
-            )
+            loss = loss + config.relation_weight * relation_loss(self.student_hidden[n:], self.teacher_hidden[n:], mask)
         return loss
 
 

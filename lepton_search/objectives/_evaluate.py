@@ -311,6 +311,43 @@ def measure_against_baseline(
     return pair, latency
 
 
+def compress_and_score(
+    task: Task,
+    teacher: torch.nn.Module,
+    config: CompressionConfig,
+    backend: LatencyBackend,
+    out_dir: Path,
+    *,
+    seed: int,
+    cache_dir: Path,
+    threads: int,
+) -> tuple[CompressedModel, float, float]:
+    """Compresses ``config`` into the file format ``backend`` runs, and scores that file on the
+    validation and test splits.
+
+    Raises:
+        TrialFailed: the compressed model outputs NaN, or the metric is not finite.
+        CompressionError: a compression step failed.
+    """
+    if backend.model_format == "torch-export":
+        compressed = compress_to_program(teacher, config, task, out_dir, seed=seed, cache_dir=cache_dir)
+    else:
+        compressed = compress(teacher, config, task, out_dir, seed=seed, cache_dir=cache_dir)
+    start = time.perf_counter()
+    predict = _NaNCounter(model_predictor(compressed.onnx_path, backend, threads))
+    accuracy = task.evaluate(predict, "validation")
+    test_accuracy = task.evaluate(predict, "test")
+    compressed.timings_s["score_s"] = time.perf_counter() - start
+    if predict.nan_values:
+        raise TrialFailed(
+            f"The compressed model produced {predict.nan_values} NaN output values while being scored "
+            f"(the task metric read {accuracy}); its outputs are not usable."
+        )
+    if not (math.isfinite(accuracy) and math.isfinite(test_accuracy)):
+        raise TrialFailed(f"The task metric is {accuracy} (validation) and {test_accuracy} (test); it must be finite.")
+    return compressed, float(accuracy), float(test_accuracy)
+
+
 def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResult:
     """Compresses, scores, measures and prices one configuration at its deployment.
 
@@ -335,26 +372,15 @@ def evaluate(request: TrialRequest, gate: DeviceGate | None = None) -> TrialResu
         task.before_trial(config)
     with tempfile.TemporaryDirectory(prefix="lepton-trial-") as tmp:
         with gate.compute():
-            compressed: CompressedModel
-            if backend.model_format == "torch-export":
-                compressed = compress_to_program(
-                    teacher, config, task, Path(tmp), seed=request.seed, cache_dir=cache_dir
-                )
-            else:
-                compressed = compress(teacher, config, task, Path(tmp), seed=request.seed, cache_dir=cache_dir)
-            start = time.perf_counter()
-            predict = _NaNCounter(model_predictor(compressed.onnx_path, backend, request.compute_threads))
-            accuracy = task.evaluate(predict, "validation")
-            test_accuracy = task.evaluate(predict, "test")
-            compressed.timings_s["score_s"] = time.perf_counter() - start
-        if predict.nan_values:
-            raise TrialFailed(
-                f"The compressed model produced {predict.nan_values} NaN output values while being scored "
-                f"(the task metric read {accuracy}); its outputs are not usable."
-            )
-        if not (math.isfinite(accuracy) and math.isfinite(test_accuracy)):
-            raise TrialFailed(
-                f"The task metric is {accuracy} (validation) and {test_accuracy} (test); it must be finite."
+            compressed, accuracy, test_accuracy = compress_and_score(
+                task,
+                teacher,
+                config,
+                backend,
+                Path(tmp),
+                seed=request.seed,
+                cache_dir=cache_dir,
+                threads=request.compute_threads,
             )
         inputs = contiguous_inputs(task.example_inputs(settings.batch_size))
         with gate.measure():

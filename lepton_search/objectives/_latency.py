@@ -1044,6 +1044,57 @@ def measure_pair(
     )
 
 
+def measure_against(
+    candidates: Mapping[str, Path],
+    baseline: Path,
+    inputs: Inputs,
+    settings: MeasurementSettings,
+    backend: LatencyBackend | None = None,
+    *,
+    noise_band: float | None = None,
+) -> dict[str, PairMeasurement]:
+    """Measures several ``candidates`` against one ``baseline`` in the same rounds: each of
+    ``settings.sessions`` rounds opens a fresh session of every model and times them in alternating
+    blocks, the order rotated from round to round, so every ratio comes from the same windows as
+    every other and is comparable with it.
+
+    Returns:
+        ``{name: PairMeasurement}`` of each candidate against the baseline.
+    """
+    backend = backend or get_backend(settings.backend)
+    band = settings.noise_band if noise_band is None else noise_band
+    names = list(candidates)
+    collected = {name: _Collected() for name in names}
+    base = _Collected()
+    models: list[tuple[Path, _Collected]] = [(baseline, base), *((candidates[n], collected[n]) for n in names)]
+    for k in range(settings.sessions):
+        shift = k % len(models)
+        order = models[shift:] + models[:shift]
+        if settings.block_s > 0:
+            _interleaved_round(backend, order, inputs, settings)
+        else:
+            for path, sink in order:
+                _one_session(backend, path, inputs, settings, sink)
+    release_freed_memory()
+    base_stats = base.stats(settings, settings.seed + 7)
+    device = backend.manifest(settings.threads)
+    out: dict[str, PairMeasurement] = {}
+    for i, name in enumerate(names):
+        stats = collected[name].stats(settings, settings.seed + i)
+        ci = ratio_interval(collected[name].samples, base.samples, settings.bootstrap_resamples, settings.seed + i)
+        ratio = stats.median_ms / base_stats.median_ms
+        out[name] = PairMeasurement(
+            candidate=stats,
+            baseline=base_stats,
+            ratio=ratio,
+            ratio_ci=ci,
+            verdict=verdict_of(ci, band),
+            noise_band=band,
+            device=device,
+        )
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Noise band from A/A measurements
 

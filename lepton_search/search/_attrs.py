@@ -13,6 +13,8 @@ STUDY_HYPERVOLUME_ATTR = "lepton:hypervolume"
 #: when the study is created; studies without it were created before it was recorded.
 STUDY_HARDWARE_ATTR = "lepton:hardware"
 REMEASURED_PREFIX = "lepton:remeasured:"
+#: Where the best frontier configuration's speed comes from: each technique alone, measured in one window.
+STUDY_FACTORS_ATTR = "lepton:factors"
 
 FAIL_REASON = "fail_reason"
 REQUEUED = "requeued"

@@ -53,6 +53,7 @@ from lepton_search.search._attrs import (
     REMEASURED_PREFIX,
     REQUEUED,
     STUDY_BASELINE_ATTR,
+    STUDY_FACTORS_ATTR,
     STUDY_HARDWARE_ATTR,
     STUDY_HYPERVOLUME_ATTR,
     STUDY_OBJECTIVES_ATTR,
@@ -116,6 +117,8 @@ class RunSummary:
     cached: int = 0
     warm_started: int = 0
     recipes_queued: int = 0
+    #: The trial whose techniques were measured one at a time (``lepton:factors``), if any.
+    factors_of: int | None = None
     screened: int = 0
     # Proposals that repeated a configuration of the study: served from the cache, not counted.
     duplicates: int = 0
@@ -517,6 +520,63 @@ def ensure_baseline(study: optuna.Study, request: TrialRequest) -> dict[str, flo
     return fresh
 
 
+def best_frontier_trial(study: optuna.Study, latency_index: int | None) -> Any:
+    """The feasible frontier trial with the lowest latency (the one a user picks for speed), or
+    None (no latency objective, or no feasible frontier trial)."""
+    if latency_index is None:
+        return None
+    feasible = [
+        t
+        for t in study.best_trials
+        if all(v <= 0 for v in t.constraints.values()) and "config" in t.user_attrs and DUPLICATE_OF not in t.user_attrs
+    ]
+    return min(feasible, key=lambda t: (t.values[latency_index], t.number), default=None)
+
+
+def record_factors(
+    study: optuna.Study,
+    executor: RayExecutor,
+    request: TrialRequest,
+    *,
+    sessions: int,
+    timeout_s: float,
+    notify: ProgressCallback,
+) -> int | None:
+    """Measures where the best frontier configuration's speed comes from (each of its techniques
+    alone, ``objectives/_factors.py``) in a fresh worker, and stores it on the study as
+    ``lepton:factors``. Returns the trial's number, or None when there is nothing to split (no
+    feasible frontier trial, or one technique only) or the measurement failed (reported)."""
+    from lepton_search.objectives._factors import factor_configs
+
+    objectives = study.user_attrs.get(STUDY_OBJECTIVES_ATTR) or []
+    latency_index = objectives.index("latency_ms") if "latency_ms" in objectives else None
+    trial = best_frontier_trial(study, latency_index)
+    if trial is None:
+        return None
+    config = CompressionConfig.from_dict(trial.user_attrs["config"])
+    configs = factor_configs(config)
+    if len(configs) < 3:  # one technique: it is its own breakdown
+        return None
+    owner = f"factors/{study.study_name}/{trial.number}/{time.time_ns()}"
+    ref = executor.submit_factors(request, {n: c.to_json() for n, c in configs.items()}, sessions, owner)
+    try:
+        ready = executor.wait([ref], timeout=timeout_s)
+        if not ready:
+            executor.cancel(ref, owner)
+            notify("factors", {"number": trial.number, "error": "timeout"})
+            return None
+        factors = executor.result(ref)
+    except Exception as e:  # the study's results stand without the breakdown
+        notify("factors", {"number": trial.number, "error": describe_failure(e)})
+        return None
+    finally:
+        executor.release(owner)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    study.set_user_attr(STUDY_FACTORS_ATTR, _jsonable({"trial": trial.number, "at": at, "factors": factors}))
+    notify("factors", {"number": trial.number, "factors": {n: f["speedup"] for n, f in factors.items()}})
+    return trial.number
+
+
 def remeasure_frontier(
     study: optuna.Study,
     executor: RayExecutor,
@@ -907,9 +967,12 @@ def promote(
     target: optuna.Study,
     directions: list[str],
     space: SearchSpace | None = None,
+    limit: int | None = None,
 ) -> int:
     """Queues the best ``fraction`` (by Pareto rank) of the screen trials numbered ``>= since`` into
-    ``target``, skipping configurations ``target`` already holds. Returns how many were queued."""
+    ``target``, skipping configurations ``target`` already holds, and at most ``limit`` (the main
+    study's budget left: a promotion that cannot run would wait in the study for ever). Returns how
+    many were queued."""
     import math as _math
 
     from optuna.trial import TrialState
@@ -930,6 +993,8 @@ def promote(
         config = CompressionConfig.from_dict(done[i].user_attrs["config"])
         if config.config_hash in held:
             continue
+        if limit is not None and queued >= limit:
+            break
         held.add(config.config_hash)
         params = SearchSpace.params_of(config, space)
         target.enqueue_trial(params, user_attrs={"promoted_from": f"screen#{done[i].number}"})
@@ -988,7 +1053,10 @@ def successive_halving(main: _Run, locations: Locations, active: list[_Run]) -> 
         active[0] = screen
         screen.loop()
         main.summary.screened += screen.summary.completed + screen.summary.failed
-        promoted = promote(screen_study, since, fidelity.promote_fraction, main.study, spec.directions, spec.space)
+        limit = None if main.remaining is None else max(0, main.remaining - main.submitted)
+        promoted = promote(
+            screen_study, since, fidelity.promote_fraction, main.study, spec.directions, spec.space, limit=limit
+        )
         main.notify("promote", {"screened": screen.summary.completed, "promoted": promoted})
         if screen.stopped is not None:  # evaluate what this last round promoted, then stop
             main.summary.stopped = f"screening stopped: {screen.stopped}"
@@ -1095,6 +1163,14 @@ def run_study(
                     executor,
                     request,
                     artifact_store,
+                    sessions=spec.measurement.remeasure_sessions,
+                    timeout_s=budget.trial_timeout_s,
+                    notify=notify,
+                )
+                summary.factors_of = record_factors(
+                    study,
+                    executor,
+                    request,
                     sessions=spec.measurement.remeasure_sessions,
                     timeout_s=budget.trial_timeout_s,
                     notify=notify,

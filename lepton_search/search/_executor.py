@@ -149,6 +149,20 @@ def _remeasure_task(
     return remeasure(request, onnx_bytes, sessions=sessions, gate=gate)
 
 
+def _factors_task(
+    request: TrialRequest, configs: dict[str, str], sessions: int, owner: str, namespace_windows: dict[str, Any]
+) -> dict[str, Any]:
+    import ray
+
+    from lepton_search.objectives._factors import measure_factors
+    from lepton_search.spaces import CompressionConfig
+
+    window = namespace_windows.get(ray.get_runtime_context().get_node_id())
+    gate = RayGate(window, owner) if window is not None else None
+    parsed = {name: CompressionConfig.from_json(text) for name, text in configs.items()}
+    return measure_factors(request, parsed, sessions=sessions, gate=gate)
+
+
 class RayExecutor:
     """Submits trials to Ray with at most ``workers`` in flight; the driver owns everything else.
 
@@ -235,6 +249,14 @@ class RayExecutor:
 
         remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_trial, max_calls=1, max_retries=0)(_remeasure_task)
         return remote.remote(request, onnx_bytes, sessions, owner, self._windows)
+
+    def submit_factors(self, request: TrialRequest, configs: dict[str, str], sessions: int, owner: str) -> Any:
+        """Builds and measures a configuration's techniques one at a time (``objectives/_factors.py``)
+        in a fresh worker process."""
+        import ray
+
+        remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_trial, max_calls=1, max_retries=0)(_factors_task)
+        return remote.remote(request, configs, sessions, owner, self._windows)
 
     def wait(self, refs: list[Any], timeout: float) -> list[Any]:
         import ray

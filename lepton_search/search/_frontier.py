@@ -10,6 +10,7 @@ from lepton_search.search._attrs import (
     DUPLICATE_OF,
     REMEASURED_PREFIX,
     STUDY_BASELINE_ATTR,
+    STUDY_FACTORS_ATTR,
     STUDY_OBJECTIVES_ATTR,
     STUDY_SPEC_ATTR,
 )
@@ -168,6 +169,8 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
         "objectives": [{"name": n, "direction": d.name.lower()} for n, d in zip(names, study.directions)],
         "baseline": baseline_summary(study),
         "trials": [trial_entry(t, names, study) for t in best],
+        # Where the best frontier configuration's speed comes from (None until a run measured it).
+        "factors": study.user_attrs.get(STUDY_FACTORS_ATTR),
     }
 
 

@@ -273,6 +273,35 @@ def _parallel_figure(study: optuna.Study, names: list[str]) -> go.Figure | None:
     return fig
 
 
+def _factors_figure(factors: dict[str, Any] | None) -> go.Figure | None:
+    """Each technique of the best frontier configuration alone, and all together: speedup over the
+    baseline with its 95% interval, measured in one window (``lepton:factors``)."""
+    if not factors or not factors.get("factors"):
+        return None
+    entries = list(factors["factors"].items())
+    names = [f"{name}: {entry['label']}" for name, entry in entries]
+    speedups = [entry["speedup"] for _, entry in entries]
+    low = [entry["speedup"] - entry["speedup_ci"][0] for _, entry in entries]
+    high = [entry["speedup_ci"][1] - entry["speedup"] for _, entry in entries]
+    fig = go.Figure(
+        go.Bar(
+            x=speedups,
+            y=names,
+            orientation="h",
+            error_x={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+            text=[f"{s:.2f}x (accuracy {e['accuracy']:.4f})" for s, (_, e) in zip(speedups, entries)],
+            textposition="auto",
+        )
+    )
+    fig.update_layout(
+        title=f"Where the speed of trial {factors['trial']} comes from: each technique alone, measured in one window",
+        xaxis_title="speedup over the baseline (x, 95% CI)",
+        height=140 + 60 * len(entries),
+        margin={"l": 420},
+    )
+    return fig
+
+
 def _table(data: dict[str, Any]) -> str:
     names = [o["name"] for o in data["objectives"]]
     head = "".join(
@@ -319,6 +348,9 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     parallel = _parallel_figure(study, names)
     if parallel is not None:
         figures.append(parallel)
+    factors = _factors_figure(data.get("factors"))
+    if factors is not None:
+        figures.insert(1, factors)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     base = data["baseline"]
     base_latency = base["latency"]["median_ms"]

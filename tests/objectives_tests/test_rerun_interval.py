@@ -137,7 +137,8 @@ def test_bench_against_a_baseline_gives_both_rerun_intervals(
 def test_auto_noise_band_without_calibration_runs_is_an_error(
     capsys: pytest.CaptureFixture[str], models: dict[str, Path]
 ) -> None:
-    code = main(["bench", str(models["narrow"]), "--baseline", str(models["wide"]), "--noise-band", "auto",
-                 "--aa-runs", "0"])
+    code = main(
+        ["bench", str(models["narrow"]), "--baseline", str(models["wide"]), "--noise-band", "auto", "--aa-runs", "0"]
+    )
     _, err = capsys.readouterr()
     assert code == EXIT_ERROR and "aa_runs = 0" in err and "at least 2" in err

@@ -359,7 +359,7 @@ def test_successive_halving_promotes_only_the_screens_best_to_full_fidelity(tmp_
     allowed = {first_round[i].user_attrs["config_hash"] for i in best_first}
     allowed |= {t.user_attrs["config_hash"] for t in screened if t.number >= 4}  # later rounds, if any
     for trial in main.trials:
-        assert trial.user_attrs["fidelity"] == "full"
+        assert trial.user_attrs.get("fidelity") == "full", (trial.number, trial.state)
         assert trial.user_attrs["promoted_from"].startswith("screen#")
         assert trial.user_attrs["config_hash"] in allowed
     assert {e["number"] for e in frontier(main)["trials"]} <= {t.number for t in main.trials}

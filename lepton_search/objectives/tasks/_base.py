@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from lepton_search.spaces import CompressionConfig
 
+
 @dataclasses.dataclass(frozen=True)
 class PruningUnit:
     """A set of channels that structured pruning removes together, the transformer way.
