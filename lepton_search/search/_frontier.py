@@ -96,6 +96,15 @@ def baseline_summary(study: optuna.Study) -> dict[str, Any]:
     }
 
 
+def speedup_of(ratio: float | None, ratio_ci: list[float] | None) -> tuple[float | None, list[float] | None]:
+    """``(speedup, speedup_ci)``: how many times faster than the baseline, ``1 / ratio``, and its
+    interval (the ratio's interval inverted, so its ends swap)."""
+    if not ratio:
+        return None, None
+    ci = [1.0 / ratio_ci[1], 1.0 / ratio_ci[0]] if ratio_ci and all(ratio_ci) else None
+    return 1.0 / ratio, ci
+
+
 def remeasured(study: optuna.Study, number: int) -> dict[str, Any] | None:
     """The frontier re-measurement of trial ``number``, in the frontier JSON's latency shape."""
     data = study.user_attrs.get(f"{REMEASURED_PREFIX}{number}")
@@ -110,6 +119,7 @@ def remeasured(study: optuna.Study, number: int) -> dict[str, Any] | None:
         "sessions": candidate["sessions"],
         "ratio_to_baseline": data["ratio"],
         "ratio_ci": data["ratio_ci"],
+        **dict(zip(("speedup", "speedup_ci"), speedup_of(data["ratio"], data["ratio_ci"]))),
         "verdict": data["verdict"],
         "baseline_median_ms": data["baseline"]["median_ms"],
         "rerun_ci_ms": candidate.get("rerun_ci_ms"),
@@ -133,6 +143,7 @@ def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str], study: optuna
             "median_ms": latency.get("median_ms"),
             "ratio_to_baseline": attrs.get("ratio_to_baseline"),
             "ratio_ci": attrs.get("ratio_ci"),
+            **dict(zip(("speedup", "speedup_ci"), speedup_of(attrs.get("ratio_to_baseline"), attrs.get("ratio_ci")))),
             "ci_ms": latency.get("ci_ms"),
             "rerun_ci_ms": latency.get("rerun_ci_ms"),
             "p95_ms": latency.get("p95_ms"),

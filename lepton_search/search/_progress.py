@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lepton_search.search._frontier import speedup_of
+
 
 class ProgressReporter:
     """Receives the driver's events and shows them as a progress bar (or plain lines)."""
@@ -119,11 +121,12 @@ def frontier_table(data: dict[str, Any]) -> Table:
     if base["latency"]["median_ms"]:
         title += f"; baseline: {', '.join(f'{k} {v:.4g}' for k, v in base['values'].items() if v is not None)}"
     table = Table(title=title, caption="* re-measured in fresh processes where available")
-    for column in ["trial", "configuration", *names, "x baseline [95% CI]*", "verdict*"]:
+    for column in ["trial", "configuration", *names, "speedup [95% CI]*", "x baseline*", "verdict*"]:
         table.add_column(column, overflow="fold")
     for t in data["trials"]:
         lat = t["latency"].get("remeasured") or t["latency"]
-        ci = lat.get("ratio_ci") or [float("nan")] * 2
+        speedup, speedup_ci = speedup_of(lat.get("ratio_to_baseline"), lat.get("ratio_ci"))
+        speedup_ci = speedup_ci or [float("nan")] * 2
         verdict = lat.get("verdict") or "-"
         if t["slower_than_baseline"]:
             verdict = "[bold red]SLOWER[/]"
@@ -131,7 +134,8 @@ def frontier_table(data: dict[str, Any]) -> Table:
             str(t["number"]),
             t.get("label") or "",
             *[f"{t['values'][n]:.4g}" for n in names],
-            f"{lat['ratio_to_baseline']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if lat.get("ratio_to_baseline") else "-",
+            f"{speedup:.2f}x faster [{speedup_ci[0]:.2f}, {speedup_ci[1]:.2f}]" if speedup else "-",
+            f"{lat['ratio_to_baseline']:.3f}" if lat.get("ratio_to_baseline") else "-",
             verdict,
         )
     return table

@@ -17,6 +17,7 @@ from lepton_search.search._frontier import (
     reference_point,
     remeasured,
     speed_cost_frontiers,
+    speedup_of,
     trial_deployment,
 )
 
@@ -306,13 +307,25 @@ def _table(data: dict[str, Any]) -> str:
     names = [o["name"] for o in data["objectives"]]
     head = "".join(
         f"<th>{html.escape(h)}</th>"
-        for h in ["#", "configuration", "deployment", *names, "ratio to baseline [95% CI]*", "verdict*", "notes"]
+        for h in [
+            "#",
+            "configuration",
+            "deployment",
+            *names,
+            "speedup [95% CI]*",
+            "ratio to baseline*",
+            "verdict*",
+            "notes",
+        ]
     )
     rows = []
     for t in data["trials"]:
         lat = t["latency"].get("remeasured") or t["latency"]
-        ci = lat.get("ratio_ci") or [None, None]
-        ratio = f"{lat['ratio_to_baseline']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if lat.get("ratio_to_baseline") else "-"
+        speedup, speedup_ci = speedup_of(lat.get("ratio_to_baseline"), lat.get("ratio_ci"))
+        faster = f"{speedup:.2f}x faster" if speedup else "-"
+        if speedup and speedup_ci:
+            faster += f" [{speedup_ci[0]:.2f}, {speedup_ci[1]:.2f}]"
+        ratio = f"{lat['ratio_to_baseline']:.3f}" if lat.get("ratio_to_baseline") else "-"
         verdict = lat.get("verdict") or "-"
         if t["slower_than_baseline"]:
             verdict = "<b style='color:#b00'>SLOWER than baseline</b>"
@@ -321,6 +334,7 @@ def _table(data: dict[str, Any]) -> str:
             html.escape(t.get("label") or ""),
             html.escape(_deployment_label(t["deployment"])) if t.get("deployment") else "-",
             *[f"{t['values'][n]:.4g}" for n in names],
+            faster,
             ratio,
             verdict,
             html.escape("; ".join(t.get("notes") or [])),

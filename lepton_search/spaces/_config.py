@@ -752,9 +752,9 @@ class CompressionConfig:
             budget = f"{d.steps} steps" if d.steps is not None else f"x{d.epochs}"
             kd = f"{d.method} KD {budget}"
             if d.hidden_weight is not None:
-                kd += f" +hidden {d.hidden_weight:g}"
+                kd += f" +hidden {d.hidden_weight:.2g}"
             if d.relation_weight is not None:
-                kd += f" +relations {d.relation_weight:g}"
+                kd += f" +relations {d.relation_weight:.2g}"
             parts.append(kd)
         g = self.graph
         if g.fusion is not None:
