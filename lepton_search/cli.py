@@ -198,9 +198,17 @@ def export(study_file: str, storage: str | None, artifacts: str | None, trial_nu
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="A config.json.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Directory to write into.")
-@click.option("--task", default=None, help="Task reference; default: the task in trial.json beside the config.")
-@click.option("--task-options", default=None, help="Task options as a JSON object; default: from trial.json.")
-@click.option("--seed", type=int, default=None, help="Compression seed; default: from trial.json, else 0.")
+@click.option(
+    "--task",
+    default=None,
+    help="Task reference (built-in name or package.module:factory); required, never read from trial.json.",
+)
+@click.option(
+    "--task-options", default=None, help="Task options as a JSON object; default: from trial.json for the same task."
+)
+@click.option(
+    "--seed", type=int, default=None, help="Compression seed; default: from trial.json for the same task, else 0."
+)
 @click.option(
     "--cache",
     type=click.Path(file_okay=False),
