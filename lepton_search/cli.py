@@ -420,6 +420,19 @@ def bench(
         console.print(renderable)
 
 
+def _scrubbed(message: str, argv: list[str]) -> str:
+    """``message`` without the secrets of any ``--storage`` URL on the command line (a last line of
+    defence: the storage layer masks URLs itself)."""
+    from lepton_search.storage import scrub
+
+    for i, arg in enumerate(argv):
+        if arg == "--storage" and i + 1 < len(argv):
+            message = scrub(message, argv[i + 1])
+        elif arg.startswith("--storage="):
+            message = scrub(message, arg.split("=", 1)[1])
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lepton-search`` console script."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -436,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if debug:
             raise
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {_scrubbed(str(e), argv if argv is not None else sys.argv[1:])}", err=True)
         return EXIT_INTERRUPTED if isinstance(e, RunInterrupted) else EXIT_ERROR
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
