@@ -1,7 +1,8 @@
 """The command line: a thin layer over ``search``. Errors are caught in one place (:func:`main`).
 
 Exit codes: 0 success, 1 a LeptonSearchError (bad input, storage, failed run), 2 usage error,
-130 interrupted.
+3 and 4 from ``nightly`` (a regression, a study's run failed), 5 a ``run`` in which every trial
+failed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from lepton_search import __version__
 from lepton_search.errors import LeptonSearchError
 
 EXIT_ERROR = 1
+#: ``run`` evaluated trials and every one of them failed (the reasons are printed).
+EXIT_ALL_FAILED = 5
 EXIT_INTERRUPTED = 130
 
 storage_option = click.option("--storage", default=None, help="Storage URL; overrides [study].storage.")
@@ -83,7 +86,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 @artifacts_option
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster (HOST:PORT).")
 @click.option("--no-progress", is_flag=True, help="Print one line per trial instead of a progress bar.")
+@click.pass_context
 def run(
+    ctx: click.Context,
     study_file: str,
     n_trials: int | None,
     workers: int | None,
@@ -115,6 +120,13 @@ def run(
         console.print(f"  [yellow]stopped early[/] {summary.stopped}", markup=True, highlight=False)
     for line in summary.failures[:10]:
         console.print(f"  [yellow]failed[/] {line}", markup=True, highlight=False)
+    if summary.failed and not summary.completed:
+        console.print(
+            f"Error: all {summary.failed} trials of this run failed (reasons above); exit code {EXIT_ALL_FAILED}.",
+            markup=False,
+            highlight=False,
+        )
+        ctx.exit(EXIT_ALL_FAILED)
     _print_frontier(spec, locations)
 
 
@@ -454,6 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return EXIT_INTERRUPTED
+    except SystemExit as e:
+        # click reports its own exits as return values (standalone_mode=False): this one came from
+        # user code (a task, a plugin) and must not pass for success.
+        if debug:
+            raise
+        click.echo(
+            f"Error: code outside lepton-search called sys.exit({e.code!r}) during the command; "
+            "rerun with --debug for the traceback.",
+            err=True,
+        )
+        return EXIT_ERROR
     return code if isinstance(code, int) else 0
 
 
