@@ -432,6 +432,20 @@ def bench(
         console.print(renderable)
 
 
+def _os_error_message(e: OSError) -> str:
+    """One line for an OSError: what failed, on which path, and what to check."""
+    import errno
+
+    what = e.strerror or type(e).__name__
+    paths = " -> ".join(repr(str(p)) for p in (e.filename, e.filename2) if p is not None)
+    if e.errno == errno.EADDRINUSE:
+        return f"{what}: the port is taken by another process. Pass another --port, or stop that process."
+    if e.errno == errno.ENOSPC:
+        return f"{what}{': ' + paths if paths else ''}. Free some space or write elsewhere."
+    hint = " Check that the path exists and is writable." if paths else " Rerun with --debug for the traceback."
+    return f"{what}{': ' + paths if paths else ''}.{hint}"
+
+
 def _scrubbed(message: str, argv: list[str]) -> str:
     """``message`` without the secrets of any ``--storage`` URL on the command line (a last line of
     defence: the storage layer masks URLs itself)."""
@@ -466,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        # A file, folder or port the command needed (unwritable -o, full disk, port in use): one line.
+        if debug:
+            raise
+        click.echo(f"Error: {_scrubbed(_os_error_message(e), argv if argv is not None else sys.argv[1:])}", err=True)
+        return EXIT_ERROR
     except SystemExit as e:
         # click reports its own exits as return values (standalone_mode=False): this one came from
         # user code (a task, a plugin) and must not pass for success.

@@ -143,7 +143,7 @@ def open_study(spec: StudySpec, locations: Locations, *, create: bool = True, se
     """Loads the study named in ``spec`` (creating it when ``create``), checking its objectives."""
     import optuna
 
-    storage = get_storage(locations.storage_url)
+    storage = get_storage(locations.storage_url, create=create)
     name = spec.study.name
     existing = {s.study_name: s for s in storage.get_all_studies()}
     if name not in existing and not create:

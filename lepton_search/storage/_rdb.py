@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lepton_search.errors import StorageError
+from lepton_search.errors import StorageError, StudyNotFoundError
 
 if TYPE_CHECKING:
     import optuna
@@ -94,6 +94,12 @@ def _enable_wal(path: Path) -> None:
     # WAL persists in the file; it lets optuna-dashboard read while the driver writes.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(
+            f"Cannot create the folder {str(path.parent)!r} for SQLite database {str(path)!r}: {e.strerror or e}. "
+            "Choose a storage path in a writable folder (--storage sqlite:///PATH)."
+        ) from e
+    try:
         with sqlite3.connect(path, timeout=60) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as e:
@@ -114,17 +120,28 @@ def traceback_text(e: BaseException) -> list[str]:
     return texts
 
 
-def get_storage(url: str) -> optuna.storages.RDBStorage:
+def get_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url``; SQLite files are created in WAL mode.
+
+    Args:
+        url: The storage URL.
+        create: Create a missing SQLite file (and its folders). Read-only commands pass False, so
+            that a mistyped path is an error instead of a new, empty database.
 
     Raises:
         StorageError: the URL is malformed, or the database cannot be reached or upgraded.
+        StudyNotFoundError: ``create`` is False and the SQLite file does not exist.
     """
     import optuna
 
     url = normalize_url(url)
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
     path = sqlite_path(url)
+    if path is not None and not create and not path.is_file():
+        raise StudyNotFoundError(
+            f"There is no SQLite database at {str(path)!r} (from {mask_url(url)!r}), so no study to read; nothing "
+            "was created. Check --storage or [study].storage, or run `lepton-search run` first."
+        )
     if path is not None:
         _enable_wal(path)
         engine_kwargs = {"connect_args": {"timeout": 60}}
