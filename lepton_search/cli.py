@@ -1,7 +1,8 @@
 """The command line: a thin layer over ``search``. Errors are caught in one place (:func:`main`).
 
 Exit codes: 0 success, 1 a LeptonSearchError (bad input, storage, failed run), 2 usage error,
-130 interrupted.
+3 and 4 from ``nightly`` (a regression, a study's run failed), 5 a ``run`` in which every trial
+failed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from lepton_search import __version__
 from lepton_search.errors import LeptonSearchError
 
 EXIT_ERROR = 1
+#: ``run`` evaluated trials and every one of them failed (the reasons are printed).
+EXIT_ALL_FAILED = 5
 EXIT_INTERRUPTED = 130
 
 storage_option = click.option("--storage", default=None, help="Storage URL; overrides [study].storage.")
@@ -83,7 +86,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 @artifacts_option
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster (HOST:PORT).")
 @click.option("--no-progress", is_flag=True, help="Print one line per trial instead of a progress bar.")
+@click.pass_context
 def run(
+    ctx: click.Context,
     study_file: str,
     n_trials: int | None,
     workers: int | None,
@@ -115,6 +120,13 @@ def run(
         console.print(f"  [yellow]stopped early[/] {summary.stopped}", markup=True, highlight=False)
     for line in summary.failures[:10]:
         console.print(f"  [yellow]failed[/] {line}", markup=True, highlight=False)
+    if summary.failed and not summary.completed:
+        console.print(
+            f"Error: all {summary.failed} trials of this run failed (reasons above); exit code {EXIT_ALL_FAILED}.",
+            markup=False,
+            highlight=False,
+        )
+        ctx.exit(EXIT_ALL_FAILED)
     _print_frontier(spec, locations)
 
 
@@ -198,9 +210,17 @@ def export(study_file: str, storage: str | None, artifacts: str | None, trial_nu
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="A config.json.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Directory to write into.")
-@click.option("--task", default=None, help="Task reference; default: the task in trial.json beside the config.")
-@click.option("--task-options", default=None, help="Task options as a JSON object; default: from trial.json.")
-@click.option("--seed", type=int, default=None, help="Compression seed; default: from trial.json, else 0.")
+@click.option(
+    "--task",
+    default=None,
+    help="Task reference (built-in name or package.module:factory); required, never read from trial.json.",
+)
+@click.option(
+    "--task-options", default=None, help="Task options as a JSON object; default: from trial.json for the same task."
+)
+@click.option(
+    "--seed", type=int, default=None, help="Compression seed; default: from trial.json for the same task, else 0."
+)
 @click.option(
     "--cache",
     type=click.Path(file_okay=False),
@@ -412,6 +432,33 @@ def bench(
         console.print(renderable)
 
 
+def _os_error_message(e: OSError) -> str:
+    """One line for an OSError: what failed, on which path, and what to check."""
+    import errno
+
+    what = e.strerror or type(e).__name__
+    paths = " -> ".join(repr(str(p)) for p in (e.filename, e.filename2) if p is not None)
+    if e.errno == errno.EADDRINUSE:
+        return f"{what}: the port is taken by another process. Pass another --port, or stop that process."
+    if e.errno == errno.ENOSPC:
+        return f"{what}{': ' + paths if paths else ''}. Free some space or write elsewhere."
+    hint = " Check that the path exists and is writable." if paths else " Rerun with --debug for the traceback."
+    return f"{what}{': ' + paths if paths else ''}.{hint}"
+
+
+def _scrubbed(message: str, argv: list[str]) -> str:
+    """``message`` without the secrets of any ``--storage`` URL on the command line (a last line of
+    defence: the storage layer masks URLs itself)."""
+    from lepton_search.storage import scrub
+
+    for i, arg in enumerate(argv):
+        if arg == "--storage" and i + 1 < len(argv):
+            message = scrub(message, argv[i + 1])
+        elif arg.startswith("--storage="):
+            message = scrub(message, arg.split("=", 1)[1])
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lepton-search`` console script."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -428,11 +475,28 @@ def main(argv: list[str] | None = None) -> int:
 
         if debug:
             raise
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {_scrubbed(str(e), argv if argv is not None else sys.argv[1:])}", err=True)
         return EXIT_INTERRUPTED if isinstance(e, RunInterrupted) else EXIT_ERROR
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        # A file, folder or port the command needed (unwritable -o, full disk, port in use): one line.
+        if debug:
+            raise
+        click.echo(f"Error: {_scrubbed(_os_error_message(e), argv if argv is not None else sys.argv[1:])}", err=True)
+        return EXIT_ERROR
+    except SystemExit as e:
+        # click reports its own exits as return values (standalone_mode=False): this one came from
+        # user code (a task, a plugin) and must not pass for success.
+        if debug:
+            raise
+        click.echo(
+            f"Error: code outside lepton-search called sys.exit({e.code!r}) during the command; "
+            "rerun with --debug for the traceback.",
+            err=True,
+        )
+        return EXIT_ERROR
     return code if isinstance(code, int) else 0
 
 

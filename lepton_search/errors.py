@@ -51,6 +51,11 @@ class MeasurementError(LeptonSearchError):
     """Latency could not be measured (no session, no backend, or a broken model)."""
 
 
+class UnsafeModelError(MeasurementError):
+    """A model file would run code from itself when loaded (pickled payloads, compiled libraries,
+    executable expressions), so it is refused before anything in it is read by torch."""
+
+
 class StorageError(LeptonSearchError):
     """A storage URL, database or artifact store cannot be used."""
 

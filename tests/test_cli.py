@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from lepton_search import __version__
-from lepton_search.cli import EXIT_ERROR, cli, main
+from lepton_search.cli import EXIT_ALL_FAILED, EXIT_ERROR, cli, main
 from lepton_search.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +26,9 @@ BAD_STUDIES = [
         "ratio = [0.1, 1.5]",
         ["space.pruning.ratio = [0.1, 1.5]", "0 < low <= high <= 0.9"],
     ),
+    ("negative-seed", "seed = 0", "seed = -1", ["study.seed = -1", "greater than or equal to 0"]),
+    ("boolean-n-trials", "n_trials = 24", "n_trials = true", ["budget.n_trials = True", "valid integer"]),
+    ("string-n-trials", "n_trials = 24", 'n_trials = "3"', ["budget.n_trials = '3'", "valid integer"]),
     (
         "unknown-task",
         'task = "digits-cnn"',
@@ -180,3 +183,37 @@ def test_validate_imports_no_heavy_frameworks(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit codes of `run` that do not need Ray: the driver is replaced by a stand-in.
+
+
+def test_run_in_which_every_trial_failed_exits_with_its_own_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lepton_search.search as search
+    from lepton_search.search._driver import RunSummary
+
+    def all_failed(spec: object, **kwargs: object) -> RunSummary:
+        return RunSummary(study_name="quickstart", failed=3, failures=["#0 int8: TaskError: boom"] * 3)
+
+    monkeypatch.setattr(search, "run_study", all_failed)
+    code = main(["run", str(QUICKSTART), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == EXIT_ALL_FAILED == 5
+    assert "all 3 trials of this run failed" in err and "TaskError: boom" in err
+
+
+def test_sys_exit_from_user_code_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lepton_search.search as search
+
+    def exits(spec: object, **kwargs: object) -> None:
+        sys.exit(0)
+
+    monkeypatch.setattr(search, "run_study", exits)
+    code = main(["run", str(QUICKSTART), "--no-progress"])
+    assert code == EXIT_ERROR
+    assert "called sys.exit(0)" in capsys.readouterr().err

@@ -4,7 +4,9 @@ A trial's model is a function of the task (its reference and options, which fix 
 :class:`~lepton_search.spaces.CompressionConfig` and the seed: pruning, distillation and calibration
 read the task's batches in seeded orders and the torch RNG is seeded before compression. So the
 config that `lepton-search export` writes, with the task and seed recorded beside it in
-``trial.json``, rebuilds the model the study measured.
+``trial.json``, rebuilds the model the study measured. The task itself is always named by the
+caller (``--task``): ``trial.json`` is data and may come from someone else, so a task reference in
+it is shown, never imported.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -44,14 +47,23 @@ class RebuildRecipe:
         task_options: dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> RebuildRecipe:
-        """The recipe of ``config_path`` (a ``config.json``), completed from the ``trial.json`` beside
-        it where the caller does not say otherwise.
+        """The recipe of ``config_path`` (a ``config.json``) for the task the caller names.
+
+        The task is never taken from ``trial.json``: a task reference is code to import, and a file
+        that came with an export bundle is data, so only the caller's explicit ``task`` is used.
+        When ``trial.json`` records the same task, its options and seed are the defaults.
 
         Raises:
-            ConfigError: the config cannot be read, or no task is given or recorded.
+            ConfigError: the config cannot be read, or no task is given (the message shows the task
+                ``trial.json`` names, as the flag to pass).
         """
         try:
-            text = config_path.read_text()
+            text = config_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"The config {str(config_path)!r} is not text ({e.reason} at byte {e.start}); pass the config.json "
+                "that `lepton-search export` wrote."
+            ) from e
         except OSError as e:
             raise ConfigError(f"Cannot read the config {str(config_path)!r}: {e.strerror or e}.") from e
         config = CompressionConfig.from_json(text)
@@ -59,20 +71,31 @@ class RebuildRecipe:
         info_path = config_path.parent / TRIAL_INFO_FILE
         if info_path.exists():
             try:
-                info = json.loads(info_path.read_text())
+                info = json.loads(info_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise ConfigError(
                     f"{str(info_path)!r} beside the config is not readable JSON ({e}); pass --task and --seed "
                     "explicitly, or remove the file."
                 ) from e
-        task = task or info.get("task")
+            if not isinstance(info, dict):
+                info = {}
+        recorded = info.get("task")
         if not task:
+            if isinstance(recorded, str) and recorded:
+                raise ConfigError(
+                    f"No --task for {str(config_path)!r}. {TRIAL_INFO_FILE} beside it names the task {recorded!r}, "
+                    f"but a task is imported only from a reference you write: if you trust it, pass "
+                    f"--task {shlex.quote(recorded)}."
+                )
             raise ConfigError(
-                f"No task for {str(config_path)!r}: pass --task (a built-in name or package.module:factory), "
-                f"or keep the {TRIAL_INFO_FILE} that `lepton-search export` wrote beside it."
+                f"No task for {str(config_path)!r}: pass --task (a built-in name or package.module:factory)."
             )
-        options = task_options if task_options is not None else dict(info.get("task_options") or {})
-        seed = int(seed if seed is not None else info.get("seed", 0))
+        same_task = task == recorded
+        options = task_options if task_options is not None else dict((same_task and info.get("task_options")) or {})
+        if seed is None:
+            seed = info.get("seed", 0) if same_task else 0
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ConfigError(f"{str(info_path)!r} records the seed {seed!r}, not an integer; pass --seed.")
         return cls(task=task, config=config, task_options=options, seed=seed)
 
 

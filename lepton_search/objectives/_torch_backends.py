@@ -40,15 +40,28 @@ _CUDA_HINT = (
 
 
 def load_exported_program(path: Path) -> Any:
-    """The ``torch.export`` program saved at ``path``.
+    """The ``torch.export`` program saved at ``path``, loaded only after
+    :func:`~lepton_search.objectives._program_check.check_program_archive` found nothing in it that
+    would run code (pickles, compiled libraries, executable expressions).
 
     Raises:
+        UnsafeModelError: the archive would run code from itself when loaded or run.
         MeasurementError: ``path`` is not a program saved with ``torch.export.save``.
     """
+    import io
+
     import torch
 
+    from lepton_search.objectives._program_check import check_program_archive
+
     try:
-        return torch.export.load(str(path))
+        data = path.read_bytes()
+    except OSError as e:
+        raise MeasurementError(f"Cannot read the program {str(path)!r}: {e.strerror or e}.") from e
+    # The checked bytes are the ones torch loads: the file cannot be swapped in between.
+    check_program_archive(data, path.name)
+    try:
+        return torch.export.load(io.BytesIO(data))
     except Exception as e:
         raise MeasurementError(
             f"{path.name} is not a torch.export program ({type(e).__name__}: {e}). Save one with "

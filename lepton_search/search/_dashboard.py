@@ -11,8 +11,8 @@ def dashboard_app(storage_url: str, artifact_dir: str | None = None) -> Any:
     """The optuna-dashboard WSGI application for ``storage_url`` (for gunicorn or tests)."""
     from optuna_dashboard import wsgi
 
-    store = get_artifact_store(artifact_dir) if artifact_dir else None
-    return wsgi(get_storage(storage_url), artifact_store=store)
+    store = get_artifact_store(artifact_dir, create=False) if artifact_dir else None
+    return wsgi(get_storage(storage_url, create=False), artifact_store=store)
 
 
 def serve(storage_url: str, artifact_dir: str | None, *, host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -20,6 +20,6 @@ def serve(storage_url: str, artifact_dir: str | None, *, host: str = "127.0.0.1"
     unless a proxy that authenticates stands in front."""
     from optuna_dashboard import run_server
 
-    store = get_artifact_store(artifact_dir) if artifact_dir else None
+    store = get_artifact_store(artifact_dir, create=False) if artifact_dir else None
     print(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-    run_server(get_storage(storage_url), host=host, port=port, artifact_store=store)
+    run_server(get_storage(storage_url, create=False), host=host, port=port, artifact_store=store)

@@ -72,6 +72,7 @@ from lepton_search.storage import (
     cache_key,
     get_artifact_store,
     get_storage,
+    mask_url,
 )
 
 if TYPE_CHECKING:
@@ -90,8 +91,9 @@ class RunInterrupted(LeptonSearchError):
 class Locations:
     """Where a study lives: its storage URL and artifact directory."""
 
-    storage_url: str
-    artifact_dir: Path
+    # Not in repr: the URL may hold a password.
+    storage_url: str = field(repr=False)
+    artifact_dir: Path = field()
 
     @classmethod
     def resolve(cls, spec: StudySpec, storage: str | None = None, artifacts: str | None = None) -> Locations:
@@ -128,16 +130,25 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
 
+def stored_spec(spec: StudySpec) -> dict[str, Any]:
+    """``spec`` as JSON for the study's ``lepton:spec`` attribute, which the dashboard serves to
+    anyone who reaches it: the storage URL's password is masked."""
+    data = spec.model_dump(mode="json")
+    if data["study"].get("storage"):
+        data["study"]["storage"] = mask_url(data["study"]["storage"])
+    return data
+
+
 def open_study(spec: StudySpec, locations: Locations, *, create: bool = True, seed: int | None = None) -> optuna.Study:
     """Loads the study named in ``spec`` (creating it when ``create``), checking its objectives."""
     import optuna
 
-    storage = get_storage(locations.storage_url)
+    storage = get_storage(locations.storage_url, create=create)
     name = spec.study.name
     existing = {s.study_name: s for s in storage.get_all_studies()}
     if name not in existing and not create:
         raise StudyNotFoundError(
-            f"Study {name!r} is not in {locations.storage_url}; studies there: "
+            f"Study {name!r} is not in {mask_url(locations.storage_url)}; studies there: "
             f"{sorted(existing) or '(none)'}. Run `lepton-search run` first, or pass --storage."
         )
     trials_so_far = len(storage.get_all_trials(existing[name]._study_id, deepcopy=False)) if name in existing else 0
@@ -161,7 +172,7 @@ def open_study(spec: StudySpec, locations: Locations, *, create: bool = True, se
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.objective_names)
         study.set_user_attr(STUDY_OBJECTIVES_ATTR, spec.objective_names)
-        study.set_user_attr(STUDY_SPEC_ATTR, spec.model_dump(mode="json"))
+        study.set_user_attr(STUDY_SPEC_ATTR, stored_spec(spec))
         study.set_user_attr(STUDY_HARDWARE_ATTR, spec.space.hardware.to_dict())
         study.set_user_attr("lepton:version", __version__)
     return study
@@ -215,7 +226,7 @@ def warm_start(study: optuna.Study, spec: StudySpec, storage_url: str) -> int:
     for name in spec.study.warm_start_from:
         if name not in known:
             raise ConfigError(
-                f"[study].warm_start_from names study {name!r}, which is not in {storage_url}; studies "
+                f"[study].warm_start_from names study {name!r}, which is not in {mask_url(storage_url)}; studies "
                 f"there: {sorted(known - {spec.study.name}) or '(none)'}."
             )
         source = optuna.load_study(study_name=name, storage=study._storage)

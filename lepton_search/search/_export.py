@@ -4,14 +4,24 @@ deployed on a torch backend) and config, written to a directory."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from lepton_search.errors import LeptonSearchError
+from lepton_search.errors import LeptonSearchError, StorageError
 from lepton_search.search._driver import Locations, load_existing_study
 from lepton_search.search._frontier import objective_names, trial_entry
 from lepton_search.search._spec import StudySpec
 from lepton_search.spaces import CompressionConfig
 from lepton_search.storage import get_artifact_store
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Writes ``path`` through a new file renamed into place, so a link at ``path`` is never followed."""
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(staged, path)
 
 
 def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Path) -> list[Path]:
@@ -35,20 +45,41 @@ def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Pa
             + (f" ({trial.user_attrs['fail_reason']})" if "fail_reason" in trial.user_attrs else "")
             + " and has no exported model; choose a COMPLETE trial."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch_program = trial.user_attrs.get("model_format") == "torch-export"
     model_path = out_dir / ("model.pt2" if torch_program else "model.onnx")
-    if model_path.exists():
-        model_path.unlink()
-    download_artifact(
-        artifact_store=get_artifact_store(locations.artifact_dir),
-        file_path=str(model_path),
-        artifact_id=trial.user_attrs["artifact_id"],
-    )
-    config = CompressionConfig.from_dict(trial.user_attrs["config"])
     config_path = out_dir / "config.json"
-    config_path.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
     info_path = out_dir / "trial.json"
+    store = get_artifact_store(locations.artifact_dir, create=False)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LeptonSearchError(
+            f"Cannot create the export directory {str(out_dir)!r}: {e.strerror or e}. Choose a writable -o folder."
+        ) from e
+    for path in (model_path, config_path, info_path):
+        # A link planted in the output folder would make export overwrite whatever it points to.
+        if path.is_symlink():
+            raise LeptonSearchError(
+                f"Refusing to export: {str(path)!r} is a symbolic link (to {os.readlink(path)!r}), and export does "
+                "not write through links. Remove it, or export into an empty directory."
+            )
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    staged = out_dir / f".{model_path.name}.{os.getpid()}.tmp"
+    staged.unlink(missing_ok=True)
+    try:
+        download_artifact(artifact_store=store, file_path=str(staged), artifact_id=trial.user_attrs["artifact_id"])
+    except (ArtifactNotFound, FileNotFoundError):
+        staged.unlink(missing_ok=True)
+        raise StorageError(
+            f"Trial {number}'s model (artifact {trial.user_attrs['artifact_id']}) is missing from the artifact store "
+            f"{str(locations.artifact_dir)!r}. Pass the study's --artifacts directory, or rebuild the model with "
+            "`lepton-search compress --config ... --task ...`."
+        ) from None
+    # os.replace swaps the name itself: a link that appeared meanwhile is replaced, never followed.
+    os.replace(staged, model_path)
+    config = CompressionConfig.from_dict(trial.user_attrs["config"])
+    _write_text(config_path, json.dumps(json.loads(config.to_json()), indent=2) + "\n")
     entry = trial_entry(trial, objective_names(study), study)
     # task, task_options and seed are what `lepton-search compress` needs to rebuild this model.
     entry.update(
@@ -60,5 +91,5 @@ def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Pa
             "device": trial.user_attrs.get("device"),
         }
     )
-    info_path.write_text(json.dumps(entry, indent=2) + "\n")
+    _write_text(info_path, json.dumps(entry, indent=2) + "\n")
     return [model_path, config_path, info_path]

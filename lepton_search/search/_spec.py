@@ -29,7 +29,8 @@ ObjectiveName = Literal["accuracy", "latency_ms", "cost_usd_per_million", "size_
 
 class _Strict(BaseModel):
     # TOML has ``inf`` and ``nan`` literals; ``warmup_s = inf`` would never finish measuring.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict: ``n_trials = true`` or ``"3"`` is an error, not 1 or 3 (an int still fills a float).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class StudySection(_Strict):
@@ -40,7 +41,7 @@ class StudySection(_Strict):
     task_options: dict[str, Any] = Field(default_factory=dict)
     storage: str | None = Field(default=None, description="Storage URL; default sqlite:///lepton-search.db")
     artifacts: str | None = Field(default=None, description="Artifact directory; default lepton-artifacts")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the sampler and of compression.")
     description: str = ""
     warm_start_from: list[str] = Field(
         default_factory=list,

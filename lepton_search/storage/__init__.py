@@ -8,7 +8,14 @@ from lepton_search.storage._artifacts import (
 )
 from lepton_search.storage._cache import ResultCache, cache_key
 from lepton_search.storage._ledger import RunLedger
-from lepton_search.storage._rdb import DEFAULT_STORAGE_URL, get_storage, normalize_url, sqlite_path
+from lepton_search.storage._rdb import (
+    DEFAULT_STORAGE_URL,
+    get_storage,
+    mask_url,
+    normalize_url,
+    scrub,
+    sqlite_path,
+)
 
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
@@ -18,8 +25,10 @@ __all__ = [
     "cache_key",
     "get_artifact_store",
     "get_storage",
+    "mask_url",
     "normalize_url",
     "safe_join",
     "safe_name",
+    "scrub",
     "sqlite_path",
 ]

@@ -15,11 +15,23 @@ DEFAULT_ARTIFACT_DIR = "lepton-artifacts"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def get_artifact_store(directory: str | Path) -> FileSystemArtifactStore:
-    """An Optuna file-system artifact store rooted at ``directory`` (created if missing)."""
+def get_artifact_store(directory: str | Path, *, create: bool = True) -> FileSystemArtifactStore:
+    """An Optuna file-system artifact store rooted at ``directory`` (created if missing, unless
+    ``create`` is False: read-only commands must not create it).
+
+    Raises:
+        StorageError: the directory cannot be created, or is missing and ``create`` is False.
+    """
     from optuna.artifacts import FileSystemArtifactStore
 
     path = Path(directory)
+    if not create:
+        if not (path / "optuna").is_dir():
+            raise StorageError(
+                f"There is no artifact store at {str(path)!r} (no {str(path / 'optuna')!r} folder); nothing was "
+                "created. Pass the study's --artifacts directory."
+            )
+        return FileSystemArtifactStore(str(path / "optuna"))
     try:
         (path / "optuna").mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from lepton_search.errors import StorageError
-from lepton_search.storage._rdb import normalize_url, sqlite_path
+from lepton_search.storage._rdb import mask_url, normalize_url, scrub, sqlite_path
 from lepton_search.storage._tables import VERSION_TABLE
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -42,7 +42,10 @@ def upgrade(engine: Engine) -> None:
         with engine.begin() as connection:
             command.upgrade(_config(connection), "head")
     except SQLAlchemyError as e:
-        raise StorageError(f"Cannot migrate lepton-search's tables in {engine.url!r}: {e}") from e
+        url = engine.url.render_as_string(hide_password=False)
+        raise StorageError(
+            f"Cannot migrate lepton-search's tables in {mask_url(url)!r}: {scrub(str(e), url)}"
+        ) from None
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lepton_search.errors import StorageError
+from lepton_search.errors import StorageError, StudyNotFoundError
 
 if TYPE_CHECKING:
     import optuna
@@ -15,13 +16,65 @@ DEFAULT_STORAGE_URL = "sqlite:///lepton-search.db"
 _SUPPORTED = ("sqlite", "postgresql", "mysql")
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^/?#@:]*):[^/?#@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|sslpassword)=)[^&#]*", re.IGNORECASE)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for anything printed, logged or stored.
+
+    ``postgresql://user:secret@host/db`` becomes ``postgresql://user:***@host/db``; a password in
+    the query string (``?password=...``) is masked too. Strings that are not URLs come back with
+    the same masking applied as text, so this never raises.
+    """
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        masked = parsed.render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: mask by pattern
+        masked = url
+    masked = _USERINFO_PASSWORD.sub(rf"\1:{MASK}@", masked)
+    return _QUERY_PASSWORD.sub(rf"\1{MASK}", masked)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets in ``url`` (its password, in decoded and raw form), to scrub from other text."""
+    found: set[str] = set()
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.password:
+            found.add(str(parsed.password))
+        for key in ("password", "passwd", "sslpassword"):
+            value = parsed.query.get(key)
+            if value:
+                found.update([value] if isinstance(value, str) else value)
+    except Exception:
+        pass
+    match = re.search(r"://[^/?#@:]*:([^/?#@]*)@", url)
+    if match and match.group(1):
+        found.add(match.group(1))
+    found.update(m.group(1) for m in re.finditer(r"[?&](?:password|passwd|sslpassword)=([^&#]+)", url, re.IGNORECASE))
+    return sorted((s for s in found if s and s != MASK), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (say, a driver's error message) with every secret of ``url`` replaced by ``***``."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, MASK)
+    return text
+
+
 def normalize_url(url: str) -> str:
     """Checks the scheme, and routes plain ``postgresql://`` URLs to the psycopg 3 driver."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     base = scheme.split("+", 1)[0]
     if base not in _SUPPORTED:
         raise StorageError(
-            f"Storage URL {url!r} has scheme {scheme or '(none)'!r}; use one of "
+            f"Storage URL {mask_url(url)!r} has scheme {scheme or '(none)'!r}; use one of "
             "sqlite:///PATH, postgresql://USER@HOST:PORT/DB or mysql+pymysql://... ."
         )
     if scheme == "postgresql":
@@ -41,6 +94,12 @@ def _enable_wal(path: Path) -> None:
     # WAL persists in the file; it lets optuna-dashboard read while the driver writes.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(
+            f"Cannot create the folder {str(path.parent)!r} for SQLite database {str(path)!r}: {e.strerror or e}. "
+            "Choose a storage path in a writable folder (--storage sqlite:///PATH)."
+        ) from e
+    try:
         with sqlite3.connect(path, timeout=60) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as e:
@@ -49,24 +108,52 @@ def _enable_wal(path: Path) -> None:
         ) from e
 
 
-def get_storage(url: str) -> optuna.storages.RDBStorage:
+def traceback_text(e: BaseException) -> list[str]:
+    """The text of ``e`` and of the exceptions chained to it."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(str(current))
+        current = current.__cause__ or current.__context__
+    return texts
+
+
+def get_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url``; SQLite files are created in WAL mode.
+
+    Args:
+        url: The storage URL.
+        create: Create a missing SQLite file (and its folders). Read-only commands pass False, so
+            that a mistyped path is an error instead of a new, empty database.
 
     Raises:
         StorageError: the URL is malformed, or the database cannot be reached or upgraded.
+        StudyNotFoundError: ``create`` is False and the SQLite file does not exist.
     """
     import optuna
 
     url = normalize_url(url)
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
     path = sqlite_path(url)
+    if path is not None and not create and not path.is_file():
+        raise StudyNotFoundError(
+            f"There is no SQLite database at {str(path)!r} (from {mask_url(url)!r}), so no study to read; nothing "
+            "was created. Check --storage or [study].storage, or run `lepton-search run` first."
+        )
     if path is not None:
         _enable_wal(path)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as e:  # SQLAlchemy/driver errors have many types; all mean "cannot use this"
-        raise StorageError(
-            f"Cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
+        detail = scrub(str(e).splitlines()[0][:300] if str(e) else "", url)
+        error = StorageError(
+            f"Cannot open storage {mask_url(url)!r}: {type(e).__name__}: {detail}. "
             "Check that the database server is running and the URL is right."
-        ) from e
+        )
+        # The driver's own exception may quote the URL; keep it out of the chain when it holds a secret.
+        if any(secret in "".join(traceback_text(e)) for secret in url_secrets(url)):
+            raise error from None
+        raise error from e

@@ -66,6 +66,12 @@ HELPER_SOURCE = """
 
     def refuses(**options):
         raise ValueError("the factory refuses these options")
+
+
+    def exits(**options):
+        import sys
+
+        sys.exit(0)
 """
 
 
@@ -137,6 +143,12 @@ def test_factory_failing_with_another_exception_raises_task_error(helper: str) -
     with pytest.raises(TaskError, match="ValueError: the factory refuses these options") as caught:
         resolve_task(f"{helper}:refuses", {"x": 1})
     assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_factory_calling_sys_exit_raises_task_error(helper: str) -> None:
+    # sys.exit(0) in a factory used to end `run` with exit code 0 and no message.
+    with pytest.raises(TaskError, match=r"factory called sys\.exit\(0\).*remove the exit"):
+        resolve_task(f"{helper}:exits")
 
 
 def test_factory_returning_a_non_task_raises_task_error(helper: str) -> None:

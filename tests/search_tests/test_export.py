@@ -49,7 +49,8 @@ def test_an_exported_trial_is_rebuilt_from_its_config(tmp_path: Path, artifacts:
     info = json.loads((tmp_path / "export" / "trial.json").read_text())
     assert (info["task"], info["seed"]) == (spec.study.task, 5 + trial.number)
 
-    rebuilt = rebuild(RebuildRecipe.from_files(exported[1]), tmp_path / "rebuilt", locations.cache_dir)
+    recipe = RebuildRecipe.from_files(exported[1], task=spec.study.task)
+    rebuilt = rebuild(recipe, tmp_path / "rebuilt", locations.cache_dir)
     assert rebuilt.summary["metric"]["validation"] == pytest.approx(trial.user_attrs["accuracy"])
     inputs = resolve_task(spec.study.task).example_inputs(64)
     np.testing.assert_allclose(_outputs(rebuilt.model_path, inputs), _outputs(exported[0], inputs), atol=1e-5)

@@ -61,6 +61,11 @@ def _load_attribute(path: str) -> Any:
             f"Cannot import module {module_name!r} for task {path!r}: {e}. Install the package "
             "that provides it, or fix the module path in the study file."
         ) from e
+    except SystemExit as e:
+        raise TaskError(
+            f"Importing module {module_name!r} for task {path!r} called sys.exit({e.code!r}). Remove the exit from "
+            "that module's top-level code."
+        ) from None
     except Exception as e:  # the module itself is broken (syntax error, failing top-level code)
         raise TaskError(
             f"Importing module {module_name!r} for task {path!r} raised {type(e).__name__}: {e}. Fix that module."
@@ -98,6 +103,12 @@ def resolve_task(reference: str, options: dict[str, Any] | None = None) -> Task:
         ) from e
     except LeptonSearchError:
         raise
+    except SystemExit as e:
+        # sys.exit() in a factory would otherwise end the whole run, with exit code 0 for exit(0).
+        raise TaskError(
+            f"Task {reference!r}'s factory called sys.exit({e.code!r}) while being built with options {options}. "
+            "A task factory must return a Task or raise an exception; remove the exit from the factory."
+        ) from None
     except Exception as e:
         raise TaskError(
             f"Task {reference!r} could not be built with options {options}: {type(e).__name__}: {e}. "
