@@ -68,7 +68,7 @@ def best_joint_trial(study: Any, floor: float) -> Any:
         if len(techniques(config)) < 2:
             continue
         again = remeasured(study, trial.number)
-        ratio = again["ratio"] if again else attrs["ratio_to_baseline"]
+        ratio = again["ratio_to_baseline"] if again else attrs["ratio_to_baseline"]
         candidates.append((ratio, trial.number, trial, config))
     if not candidates:
         return None, None
