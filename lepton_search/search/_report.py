@@ -279,6 +279,8 @@ def _factors_figure(factors: dict[str, Any] | None) -> go.Figure | None:
     baseline with its 95% interval, measured in one window (``lepton:factors``)."""
     if not factors or not factors.get("factors"):
         return None
+    import plotly.graph_objects as go
+
     entries = list(factors["factors"].items())
     names = [f"{name}: {entry['label']}" for name, entry in entries]
     speedups = [entry["speedup"] for _, entry in entries]

@@ -82,6 +82,7 @@ def test_unfused_residuals_run_no_skip_layer_norm_and_keep_the_outputs(tiny: tup
 
 
 @needs_transformers
+@pytest.mark.slow
 def test_transformer_fusion_gives_one_attention_per_layer_of_a_pruned_student(
     tiny: tuple[Any, Any], tmp_path: Path
 ) -> None:
@@ -137,6 +138,7 @@ def test_a_fusion_that_did_not_happen_fails_with_the_counts(
 
 
 @needs_transformers
+@pytest.mark.slow
 def test_fused_int8_becomes_qattention_and_is_counted_in_the_trial(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     task, teacher = tiny
     config = CompressionConfig(
@@ -152,6 +154,7 @@ def test_fused_int8_becomes_qattention_and_is_counted_in_the_trial(tiny: tuple[A
 
 
 @needs_transformers
+@pytest.mark.slow
 def test_the_session_level_is_recorded_in_the_model_and_used_by_sessions(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     task, teacher = tiny
     plain = compress(teacher, CompressionConfig(), task, tmp_path / "plain").onnx_path

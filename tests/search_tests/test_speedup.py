@@ -1,4 +1,4 @@
-""""N× faster": the speedup over the baseline, and its interval, beside the latency ratio."""
+""" "N× faster": the speedup over the baseline, and its interval, beside the latency ratio."""
 
 from __future__ import annotations
 
@@ -35,3 +35,19 @@ def test_the_frontier_table_leads_with_the_speedup() -> None:
     console.print(frontier_table(data))
     text = console.export_text()
     assert "3.12x faster [2.94, 3.33]" in text and "0.320" in text
+
+
+def test_the_report_draws_where_the_speed_comes_from() -> None:
+    from lepton_search.search._report import _factors_figure
+
+    factors = {
+        "trial": 2,
+        "factors": {
+            "graph": {"label": "fp32 + unfused skip-LN", "speedup": 1.12, "speedup_ci": [1.10, 1.20], "accuracy": 1.0},
+            "combined": {"label": "int8 + unfused", "speedup": 2.68, "speedup_ci": [2.65, 2.92], "accuracy": 0.9913},
+        },
+    }
+    figure = _factors_figure(factors)
+    assert figure is not None and list(figure.data[0].x) == [1.12, 2.68]
+    assert "trial 2" in figure.layout.title.text
+    assert _factors_figure(None) is None

@@ -428,24 +428,25 @@ class MiniLMTask(Task):
         """The uncompressed teacher's embeddings of ``split`` (computed once per process, and kept
         beside the teacher's cache when :meth:`teacher` was given one)."""
         key = (self.fingerprint(), split)
-        if key in _REFERENCES:
-            return _REFERENCES[key]
         path = None
         if self._cache_dir is not None:
             path = self._cache_dir / "teachers" / f"{self.name}-{self.fingerprint()}-{split}.npy"
-            if path.exists():
-                try:
-                    _REFERENCES[key] = np.load(path, allow_pickle=False)
-                    return _REFERENCES[key]
-                except (OSError, ValueError):
-                    pass  # a damaged file: recompute and overwrite it
-        import torch
+        reference = _REFERENCES.get(key)
+        if reference is None and path is not None and path.exists():
+            try:
+                reference = _REFERENCES[key] = np.load(path, allow_pickle=False)
+                return reference
+            except (OSError, ValueError):
+                pass  # a damaged file: recompute and overwrite it
+        if reference is None:
+            import torch
 
-        teacher = self._encoder()
-        with torch.no_grad():
-            reference = self.embed(lambda batch: teacher(**_as_tensors(batch)).numpy(), split)
-        _REFERENCES[key] = reference
-        if path is not None:
+            teacher = self._encoder()
+            with torch.no_grad():
+                reference = self.embed(lambda batch: teacher(**_as_tensors(batch)).numpy(), split)
+            _REFERENCES[key] = reference
+        # Also when this process had them already: another cache (another worker's) needs its copy.
+        if path is not None and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
             with os.fdopen(fd, "wb") as f:
