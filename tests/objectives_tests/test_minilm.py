@@ -309,10 +309,12 @@ def test_distillation_recovers_fidelity_of_a_pruned_encoder(task: Any, encoder: 
 
     torch.manual_seed(0)
     student = copy.deepcopy(encoder)
-    prune(student, PruneConfig(method="channel", ratio=0.1), task, task.example_inputs(2))
+    # Harsh enough (no refit) that there is something to recover; the unit pruner's refit alone
+    # keeps 10% of the neurons at about 0.99.
+    prune(student, PruneConfig(method="channel", ratio=0.3, head_ratio=0.25), task, task.example_inputs(2))
     before = task.evaluate(torch_predict(student))
 
-    config = DistillConfig(method="soft", temperature=1.0, alpha=0.5, epochs=2, learning_rate=2e-4)
+    config = DistillConfig(method="soft", temperature=1.0, alpha=0.0, steps=40, warmup=0.1, learning_rate=1e-4)
     distill(student, encoder, config, task, seed=0)
 
     after = task.evaluate(torch_predict(student))

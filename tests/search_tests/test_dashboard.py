@@ -15,6 +15,8 @@ import pytest
 from lepton_search.cli import dashboard
 from lepton_search.search import Locations, parse_study, run_study
 from lepton_search.search._dashboard import dashboard_app
+from lepton_search.search._driver import open_study
+from lepton_search.storage import get_artifact_store
 from lepton_search.testing import study_dict
 
 
@@ -74,6 +76,9 @@ def test_dashboard_reads_while_the_driver_writes(
     storage = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     spec = parse_study(study_dict(tmp_path, artifacts, study={"storage": storage}, budget={"n_trials": 4}))
     locations = Locations.resolve(spec)
+    # The dashboard is a reader: it opens an existing study and artifact store and creates neither.
+    open_study(spec, locations)
+    get_artifact_store(locations.artifact_dir)
     app = dashboard_app(locations.storage_url, str(locations.artifact_dir))
     server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
