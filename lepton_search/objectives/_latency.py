@@ -940,6 +940,18 @@ def _interleaved_round(
         sink.add(s, peak, open_ms, None if cpu is None else cpu[i])
 
 
+def _round(
+    backend: LatencyBackend, order: list[tuple[Path, _Collected]], inputs: Inputs, settings: MeasurementSettings
+) -> None:
+    """One measurement round of the models in ``order``: interleaved in blocks (``block_s > 0``),
+    or one fresh session after another."""
+    if settings.block_s > 0:
+        _interleaved_round(backend, order, inputs, settings)
+    else:
+        for path, sink in order:
+            _one_session(backend, path, inputs, settings, sink)
+
+
 def measure_sessions(
     model: Path, inputs: Inputs, settings: MeasurementSettings, backend: LatencyBackend | None = None
 ) -> list[np.ndarray]:
@@ -1021,11 +1033,7 @@ def measure_pair(
         order = [(candidate, cand), (baseline, base)]
         if k % 2:
             order.reverse()
-        if settings.block_s > 0:
-            _interleaved_round(backend, order, inputs, settings)
-        else:
-            for path, sink in order:
-                _one_session(backend, path, inputs, settings, sink)
+        _round(backend, order, inputs, settings)
     release_freed_memory()
     cand_stats = cand.stats(settings, settings.seed)
     base_stats = base.stats(settings, settings.seed + 7)
@@ -1070,11 +1078,7 @@ def measure_against(
     for k in range(settings.sessions):
         shift = k % len(models)
         order = models[shift:] + models[:shift]
-        if settings.block_s > 0:
-            _interleaved_round(backend, order, inputs, settings)
-        else:
-            for path, sink in order:
-                _one_session(backend, path, inputs, settings, sink)
+        _round(backend, order, inputs, settings)
     release_freed_memory()
     base_stats = base.stats(settings, settings.seed + 7)
     device = backend.manifest(settings.threads)

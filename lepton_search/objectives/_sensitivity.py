@@ -33,20 +33,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lepton_search.errors import CompressionError
+from lepton_search.objectives._targets import file_lock
 
 if TYPE_CHECKING:
     from lepton_search.objectives.tasks import Task
@@ -164,18 +164,6 @@ def _error(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
     return num / max(den, 1e-30)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing), held for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _read(path: Path, task: Task, mode: str) -> Sensitivity | None:
     try:
         data = json.loads(path.read_text())
@@ -272,7 +260,7 @@ def layer_sensitivity(
     cached = _read(path, task, mode)
     if cached is not None:
         return cached
-    with _locked(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         cached = _read(path, task, mode)  # another worker may have measured it while we waited
         if cached is not None:
             return cached
