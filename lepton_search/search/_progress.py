@@ -80,6 +80,15 @@ class ProgressReporter:
                     f"  trial {info['number']}: {info['ratio']:.3f}x baseline ({info['verdict']})", markup=False
                 )
             return
+        if kind == "factors":
+            if "error" in info:
+                self.console.print(f"  trial {info['number']}: factor breakdown failed: {info['error']}", markup=False)
+            else:
+                parts = ", ".join(f"{name} {speedup:.2f}x" for name, speedup in info["factors"].items())
+                self.console.print(f"  trial {info['number']}: each factor alone: {parts}", markup=False)
+            return
+        if kind != "trial":
+            return
         if info.get("fidelity") == "screen":
             detail = (
                 f"acc {info['accuracy']:.4f} ratio {info['ratio']:.3f}"
