@@ -1,0 +1,167 @@
+"""Tie groups: frontier points a user cannot tell apart, shown once, led by the simplest.
+
+Two non-dominated points are a tie when their speed intervals overlap (the ratio to the
+interleaved baseline, which compares across measurement windows), their cost intervals overlap,
+and their accuracies differ by less than the task's resolution. Ties are not transitive, so groups
+form around leaders: points are taken simplest first (fewest active techniques, then the smallest
+change to the model), and each joins the first group whose leader it ties with. Every member of a
+group therefore ties with its leader, and the leader is the simplest of them.
+
+A group's simplest *possible* member may be one that no trial evaluated: int8 + 15% unstructured
+and int8 + 60% unstructured + distillation tie, and both hold int8 alone. :func:`core_config`
+names it, so the driver can evaluate it before the run ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from lepton_search.spaces import CompressionConfig, DistillConfig, GraphConfig, PruneConfig, QuantizeConfig
+
+#: How far each precision moves the weights from the trained fp32 model, for ranking simplicity.
+_PRECISION_CHANGE = {"fp32": 0, "bf16": 1, "fp16": 1, "int8": 2, "int4": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontierPoint:
+    """What tie grouping reads of one frontier trial."""
+
+    number: int
+    config: CompressionConfig
+    accuracy: float
+    #: Latency ratio to the baseline and its interval (lower is faster).
+    ratio: float
+    ratio_ci: tuple[float, float]
+    #: The cost objective, if the study has one (its interval scales with the ratio's).
+    cost: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TieGroup:
+    """One group: its leader (the simplest member) and the others, simplest first."""
+
+    leader: FrontierPoint
+    equivalents: tuple[FrontierPoint, ...] = ()
+
+    @property
+    def members(self) -> tuple[FrontierPoint, ...]:
+        return (self.leader, *self.equivalents)
+
+
+def active_techniques(config: CompressionConfig) -> tuple[str, ...]:
+    """The techniques ``config`` applies, in pipeline order."""
+    active = []
+    if config.pruning.method != "none":
+        active.append("pruning")
+    if config.distillation.method != "none":
+        active.append("distillation")
+    if not config.graph.is_default:
+        active.append("graph")
+    if config.quantization.precision != "fp32":
+        active.append("quantization")
+    return tuple(active)
+
+
+def complexity(config: CompressionConfig) -> tuple[float, ...]:
+    """A sort key: fewer techniques first, then less removed, less retraining, fewer bits lost."""
+    distillation = config.distillation
+    retraining = float(distillation.steps or 0) + 1000.0 * distillation.epochs if distillation.method != "none" else 0.0
+    pruned = config.pruning.ratio + (config.pruning.head_ratio or 0.0) if config.pruning.method != "none" else 0.0
+    return (
+        float(len(active_techniques(config))),
+        pruned,
+        retraining,
+        float(_PRECISION_CHANGE.get(config.quantization.precision, 4)),
+        float(len(config.graph.to_knobs())),
+    )
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _cost_interval(point: FrontierPoint) -> tuple[float, float] | None:
+    # Cost is latency times a price, so its relative interval is the ratio's.
+    if point.cost is None or point.ratio <= 0:
+        return None
+    return (point.cost * point.ratio_ci[0] / point.ratio, point.cost * point.ratio_ci[1] / point.ratio)
+
+
+def ties(a: FrontierPoint, b: FrontierPoint, *, accuracy_resolution: float) -> bool:
+    """True when a user could not tell ``a`` from ``b``: overlapping speed and cost intervals and
+    accuracies closer than ``accuracy_resolution``."""
+    if abs(a.accuracy - b.accuracy) >= accuracy_resolution:
+        return False
+    if not _overlap(a.ratio_ci, b.ratio_ci):
+        return False
+    cost_a, cost_b = _cost_interval(a), _cost_interval(b)
+    return cost_a is None or cost_b is None or _overlap(cost_a, cost_b)
+
+
+def tie_groups(points: Iterable[FrontierPoint], *, accuracy_resolution: float) -> list[TieGroup]:
+    """Groups ``points`` around their simplest members; groups come fastest leader first."""
+    leaders: list[FrontierPoint] = []
+    members: dict[int, list[FrontierPoint]] = {}
+    for point in sorted(points, key=lambda p: (complexity(p.config), p.ratio, p.number)):
+        home = next(
+            (leader for leader in leaders if ties(leader, point, accuracy_resolution=accuracy_resolution)), None
+        )
+        if home is None:
+            leaders.append(point)
+            members[point.number] = []
+        else:
+            members[home.number].append(point)
+    groups = [TieGroup(leader, tuple(members[leader.number])) for leader in leaders]
+    return sorted(groups, key=lambda g: (g.leader.ratio, g.leader.number))
+
+
+def _section(config: CompressionConfig, technique: str) -> object:
+    return {
+        "pruning": config.pruning,
+        "distillation": config.distillation,
+        "graph": config.graph,
+        "quantization": config.quantization,
+    }[technique]
+
+
+def core_config(group: TieGroup) -> CompressionConfig | None:
+    """The configuration of what every member of ``group`` applies identically, when it is simpler
+    than the leader; ``None`` for a group of one, or when the members share nothing.
+
+    A technique whose settings vary across a tie group (15% and 60% unstructured pruning, with and
+    without distillation) changes nothing a user can see, so it is not what makes the group fast;
+    the techniques all members apply with the same settings are. Distillation stays only with
+    pruning (it retrains what pruning removed); members that share nothing have no core, since it
+    would be the baseline itself.
+    """
+    if not group.equivalents:
+        return None
+    leader = group.leader.config
+    shared = {
+        technique
+        for technique in active_techniques(leader)
+        if all(_section(m.config, technique) == _section(leader, technique) for m in group.equivalents)
+    }
+    if "pruning" not in shared:
+        shared.discard("distillation")
+    if not shared:
+        return None
+    core = CompressionConfig(
+        quantization=leader.quantization if "quantization" in shared else QuantizeConfig(),
+        pruning=leader.pruning if "pruning" in shared else PruneConfig(),
+        distillation=leader.distillation if "distillation" in shared else DistillConfig(),
+        graph=leader.graph if "graph" in shared else GraphConfig(),
+        deployment=leader.deployment,
+    )
+    return core if complexity(core) < complexity(leader) else None
+
+
+def leaders_to_evaluate(groups: Sequence[TieGroup], evaluated: set[str]) -> list[CompressionConfig]:
+    """The core configurations of ``groups`` that no trial evaluated yet (by config hash), once each."""
+    wanted: dict[str, CompressionConfig] = {}
+    for group in groups:
+        core = core_config(group)
+        if core is not None and core.config_hash not in evaluated:
+            wanted.setdefault(core.config_hash, core)
+    return list(wanted.values())
