@@ -98,6 +98,12 @@ class Task(abc.ABC):
         """Identifies the task's data and teacher recipe; part of every cache key."""
         return self.name
 
+    def accuracy_resolution(self) -> float:
+        """The smallest metric difference that means something: two configurations closer than
+        this on the validation split are equally accurate for the frontier's tie groups. The default
+        is a stated tolerance of 0.001; classification tasks return one validation example's share."""
+        return 1e-3
+
     def prunable_ignored_layers(self, model: torch.nn.Module) -> Sequence[torch.nn.Module]:
         """Layers structured pruning must keep whole (by default: the last Linear layer)."""
         import torch

@@ -92,6 +92,9 @@ class DigitsClassificationTask(Task):
             correct += int((logits.argmax(axis=1) == y[start : start + 256]).sum())
         return correct / len(x)
 
+    def accuracy_resolution(self) -> float:
+        return 1.0 / len(self._splits["validation"][0])
+
 
 class DigitsCNNTask(DigitsClassificationTask):
     """Classify scikit-learn's 8x8 digits with a small CNN; the metric is accuracy.
