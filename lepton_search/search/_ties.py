@@ -15,7 +15,8 @@ names it, so the driver can evaluate it before the run ends.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from lepton_search.spaces import CompressionConfig, DistillConfig, GraphConfig, PruneConfig, QuantizeConfig
 
@@ -99,20 +100,35 @@ def ties(a: FrontierPoint, b: FrontierPoint, *, accuracy_resolution: float) -> b
     return cost_a is None or cost_b is None or _overlap(cost_a, cost_b)
 
 
-def tie_groups(points: Iterable[FrontierPoint], *, accuracy_resolution: float) -> list[TieGroup]:
-    """Groups ``points`` around their simplest members; groups come fastest leader first."""
+def tie_groups(
+    points: Iterable[FrontierPoint],
+    *,
+    accuracy_resolution: float,
+    alternatives: Iterable[FrontierPoint] = (),
+) -> list[TieGroup]:
+    """Groups the frontier ``points`` around their simplest members; fastest leader first.
+
+    ``alternatives`` are evaluated configurations off the frontier (dominated, but perhaps only by
+    noise). One may lead a group, when it ties with frontier points and is simpler than they are;
+    it never joins a group as an equivalent, and a group with no frontier point is dropped.
+    """
+    points = list(points)
+    on_frontier = {p.number for p in points}
+    candidates = [*points, *(a for a in alternatives if a.number not in on_frontier)]
     leaders: list[FrontierPoint] = []
     members: dict[int, list[FrontierPoint]] = {}
-    for point in sorted(points, key=lambda p: (complexity(p.config), p.ratio, p.number)):
-        home = next(
-            (leader for leader in leaders if ties(leader, point, accuracy_resolution=accuracy_resolution)), None
-        )
+    for point in sorted(candidates, key=lambda p: (complexity(p.config), p.ratio, p.number)):
+        home = next((lead for lead in leaders if ties(lead, point, accuracy_resolution=accuracy_resolution)), None)
         if home is None:
             leaders.append(point)
             members[point.number] = []
-        else:
+        elif point.number in on_frontier:
             members[home.number].append(point)
-    groups = [TieGroup(leader, tuple(members[leader.number])) for leader in leaders]
+    groups = [
+        TieGroup(leader, tuple(members[leader.number]))
+        for leader in leaders
+        if leader.number in on_frontier or members[leader.number]
+    ]
     return sorted(groups, key=lambda g: (g.leader.ratio, g.leader.number))
 
 
@@ -165,3 +181,56 @@ def leaders_to_evaluate(groups: Sequence[TieGroup], evaluated: set[str]) -> list
         if core is not None and core.config_hash not in evaluated:
             wanted.setdefault(core.config_hash, core)
     return list(wanted.values())
+
+
+def points_from_frontier(data: Mapping[str, Any]) -> list[FrontierPoint]:
+    """The frontier JSON's trials as tie-grouping points, at their re-measured ratio when the run
+    re-measured the frontier (that is the ratio the table shows)."""
+    names = [o["name"] for o in data["objectives"]]
+    metric = names[0]
+    points = []
+    for entry in data["trials"]:
+        latency = entry["latency"].get("remeasured") or entry["latency"]
+        ratio, ratio_ci = latency.get("ratio_to_baseline"), latency.get("ratio_ci")
+        if ratio is None or not ratio_ci:
+            continue
+        points.append(
+            FrontierPoint(
+                number=entry["number"],
+                config=CompressionConfig.from_dict(entry["config"]),
+                accuracy=entry["values"][metric],
+                ratio=ratio,
+                ratio_ci=(ratio_ci[0], ratio_ci[1]),
+                cost=entry["values"].get("cost_usd_per_million"),
+            )
+        )
+    return points
+
+
+def groups_json(
+    data: Mapping[str, Any],
+    *,
+    accuracy_resolution: float,
+    alternatives: Sequence[Mapping[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """The frontier JSON's ``groups``, fastest first: ``{"leader": n, "equivalents": [n, ...],
+    "core": config or null}``. ``alternatives`` are the off-frontier completed trials, as frontier
+    entries; one that leads a group is its ``leader_entry``. ``core`` is the simpler configuration
+    all members share, when no trial of ``data`` or ``alternatives`` evaluated it."""
+    others = {entry["number"]: entry for entry in alternatives}
+    evaluated = {CompressionConfig.from_dict(e["config"]).config_hash for e in [*data["trials"], *others.values()]}
+    groups = []
+    alternative_points = points_from_frontier({"objectives": data["objectives"], "trials": list(others.values())})
+    for group in tie_groups(
+        points_from_frontier(data), accuracy_resolution=accuracy_resolution, alternatives=alternative_points
+    ):
+        core = core_config(group)
+        entry: dict[str, Any] = {
+            "leader": group.leader.number,
+            "equivalents": [p.number for p in group.equivalents],
+            "core": core.to_dict() if core is not None and core.config_hash not in evaluated else None,
+        }
+        if group.leader.number in others:
+            entry["leader_entry"] = others[group.leader.number]
+        groups.append(entry)
+    return groups

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lepton_search.search._ties import FrontierPoint, core_config, leaders_to_evaluate, tie_groups
+from lepton_search.search._ties import FrontierPoint, core_config, groups_json, leaders_to_evaluate, tie_groups
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
 
 INT8 = QuantizeConfig("int8", int8_mode="static", calibration_method="minmax", calibration_batches=2)
@@ -69,3 +69,37 @@ def test_members_that_share_no_technique_have_no_core() -> None:
         [_point(1, INT8_ALONE, 0.95, 0.3), _point(2, CHANNEL_KD, 0.95, 0.3)], accuracy_resolution=0.01
     )
     assert group.leader.number == 1 and core_config(group) is None
+
+
+def test_a_dominated_but_tied_simpler_trial_leads_and_a_lone_alternative_is_dropped() -> None:
+    seven = _point(7, INT8_UNSTRUCTURED, 0.9556, 0.3222)
+    int8_alone = _point(30, INT8_ALONE, 0.9553, 0.3240)  # dominated by 7, by less than the noise
+    far = _point(31, CHANNEL_KD, 0.90, 0.9)  # ties with nothing on the frontier
+    groups = tie_groups([seven], accuracy_resolution=1 / 360, alternatives=[int8_alone, far])
+    assert [(g.leader.number, [p.number for p in g.equivalents]) for g in groups] == [(30, [7])]
+
+
+def _entry(point: FrontierPoint) -> dict:
+    return {
+        "number": point.number,
+        "config": point.config.to_dict(),
+        "values": {"accuracy": point.accuracy, "latency_ms": point.ratio * 4, "cost_usd_per_million": point.cost},
+        "latency": {
+            "ratio_to_baseline": 0.9,
+            "ratio_ci": [0.5, 1.5],
+            "remeasured": {"ratio_to_baseline": point.ratio, "ratio_ci": list(point.ratio_ci)},
+        },
+    }
+
+
+def test_the_frontier_json_groups_name_the_leader_and_the_core_to_evaluate() -> None:
+    objectives = [{"name": "accuracy"}, {"name": "latency_ms"}, {"name": "cost_usd_per_million"}]
+    seven, twenty_two = _point(7, INT8_UNSTRUCTURED, 0.9550, 0.3230), _point(22, INT8_UNSTRUCTURED_KD, 0.9556, 0.3222)
+    data = {"objectives": objectives, "trials": [_entry(seven), _entry(twenty_two)]}
+    (group,) = groups_json(data, accuracy_resolution=1 / 360)
+    assert group == {"leader": 7, "equivalents": [22], "core": INT8_ALONE.to_dict()}
+
+    alone = _entry(_point(30, INT8_ALONE, 0.9549, 0.3240))
+    (group,) = groups_json(data, accuracy_resolution=1 / 360, alternatives=[alone])
+    assert (group["leader"], group["equivalents"], group["core"]) == (30, [7, 22], None)
+    assert group["leader_entry"] == alone
