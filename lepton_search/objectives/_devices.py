@@ -34,7 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +174,20 @@ _AMD_RANGES: tuple[tuple[int, int, int, str], ...] = (
 )
 
 
-def microarchitecture(vendor: str, family: int | None, model: int | None, stepping: int | None = None) -> str | None:
-    """The microarchitecture that a CPU's vendor, family, model (and stepping) name, where known."""
+# The Intel cores that have AMX tiles; a CPU reporting AMX with any other model number is a
+# hypervisor's made-up signature (seen here: AMX with model 0xA7, a Rocket Lake desktop part).
+_INTEL_AMX = frozenset({"Sapphire Rapids", "Emerald Rapids", "Granite Rapids"})
+
+
+def microarchitecture(
+    vendor: str,
+    family: int | None,
+    model: int | None,
+    stepping: int | None = None,
+    flags: Iterable[str] = (),
+) -> str | None:
+    """The microarchitecture that a CPU's vendor, family, model (and stepping) name, where known
+    and where the kernel's feature ``flags`` do not contradict it (then None: the ISA words name it)."""
     if family is None or model is None:
         return None
     if vendor == "GenuineIntel" and family == 6:
@@ -183,7 +195,10 @@ def microarchitecture(vendor: str, family: int | None, model: int | None, steppi
             if stepping is None:
                 return "Skylake-SP/Cascade Lake"
             return "Cooper Lake" if stepping >= 10 else "Cascade Lake" if stepping >= 5 else "Skylake-SP"
-        return _INTEL_FAMILY6.get(model)
+        name = _INTEL_FAMILY6.get(model)
+        if name is not None and "amx_tile" in set(flags) and name not in _INTEL_AMX:
+            return None
+        return name
     if vendor in ("AuthenticAMD", "HygonGenuine"):
         for fam, low, high, name in _AMD_RANGES:
             if family == fam and low <= model <= high:
@@ -505,7 +520,7 @@ def cpu_identity_from(probe: CpuProbe, environ: Mapping[str, str] | None = None)
         model=model,
         stepping=stepping,
         model_name=first.get("model name") or platform.processor() or architecture,
-        microarchitecture=None if is_arm else microarchitecture(vendor, family, model, stepping),
+        microarchitecture=None if is_arm else microarchitecture(vendor, family, model, stepping, flags),
         features=tuple(sorted(f for f in KERNEL_FEATURES if f in flags)),
         logical_cpus=processors or None,
         physical_cores=_physical_cores(text),

@@ -136,6 +136,13 @@ def test_microarchitecture_names(vendor: str, family: int, model: int | None, st
     assert microarchitecture(vendor, family, model, stepping) == expected
 
 
+def test_a_model_number_that_contradicts_the_flags_names_no_microarchitecture() -> None:
+    # A hypervisor here reported model 0xA7 (Rocket Lake, a desktop part without AMX) with AMX tiles.
+    assert microarchitecture("GenuineIntel", 6, 0xA7, 1, ["avx512f", "amx_tile", "amx_int8"]) is None
+    assert microarchitecture("GenuineIntel", 6, 0xA7, 1, ["avx512f"]) == "Rocket Lake"
+    assert microarchitecture("GenuineIntel", 6, 0x8F, 8, ["amx_tile"]) == "Sapphire Rapids"
+
+
 def test_manifests_of_older_versions_still_read() -> None:
     # Before the class was a hash, manifests held "device_class": "cpu" | "gpu".
     old_cpu, old_gpu = {"device_class": "cpu", "device": "AMD EPYC"}, {"device_class": "gpu", "device": "T4"}
