@@ -15,6 +15,10 @@ STUDY_HARDWARE_ATTR = "lepton:hardware"
 REMEASURED_PREFIX = "lepton:remeasured:"
 #: Where the best frontier configuration's speed comes from: each technique alone, measured in one window.
 STUDY_FACTORS_ATTR = "lepton:factors"
+#: The task's accuracy resolution (``Task.accuracy_resolution``), recorded by each run, for tie groups.
+STUDY_ACCURACY_RESOLUTION_ATTR = "lepton:accuracy_resolution"
+#: On a trial the driver added to evaluate a tie group's simpler core: the group leader's number.
+TIE_CORE_OF = "tie_core_of"
 
 FAIL_REASON = "fail_reason"
 REQUEUED = "requeued"

@@ -52,12 +52,14 @@ from lepton_search.search._attrs import (
     FAIL_REASON,
     REMEASURED_PREFIX,
     REQUEUED,
+    STUDY_ACCURACY_RESOLUTION_ATTR,
     STUDY_BASELINE_ATTR,
     STUDY_FACTORS_ATTR,
     STUDY_HARDWARE_ATTR,
     STUDY_HYPERVOLUME_ATTR,
     STUDY_OBJECTIVES_ATTR,
     STUDY_SPEC_ATTR,
+    TIE_CORE_OF,
 )
 from lepton_search.search._executor import RayExecutor, describe_failure, gpus_per_trial
 from lepton_search.search._frontier import hypervolume, reference_point
@@ -122,6 +124,8 @@ class RunSummary:
     #: The trial whose techniques were measured one at a time (``lepton:factors``), if any.
     factors_of: int | None = None
     screened: int = 0
+    #: Simpler configurations that tie groups share, evaluated after the budget (``tie_core_of``).
+    tie_cores: int = 0
     # Proposals that repeated a configuration of the study: served from the cache, not counted.
     duplicates: int = 0
     # Why the run stopped before its budget, when the sampler had nothing new to propose.
@@ -648,6 +652,41 @@ def _executor(executor: RayExecutor) -> Iterator[RayExecutor]:
         executor.shutdown()
 
 
+def evaluate_tie_cores(run: _Run) -> int:
+    """Evaluates, one more trial each, the simpler configurations that the frontier's tie groups
+    share and no trial evaluated (int8 alone, when int8 + 15% and int8 + 60% unstructured pruning
+    tie), so the group can be led by what a user should deploy. Runs after the budget, in the same
+    loop; a core the study's space cannot express is skipped (it could not be queued as a trial).
+    Returns how many were queued."""
+    from lepton_search.search._frontier import frontier
+
+    # A core tried before (failed, say) is not tried again on every run.
+    tried = {
+        CompressionConfig.from_dict(t.user_attrs["config"]).config_hash
+        for t in run.study.get_trials(deepcopy=False)
+        if t.user_attrs.get("config")
+    }
+    queued = 0
+    for group in frontier(run.study)["groups"]:
+        if group["core"] is None:
+            continue
+        core = CompressionConfig.from_dict(group["core"])
+        if core.config_hash in tried:
+            continue
+        try:
+            params = SearchSpace.params_of(core, run.spec.space)
+        except LeptonSearchError:
+            continue
+        run.study.enqueue_trial(params, user_attrs={TIE_CORE_OF: group["leader"]})
+        queued += 1
+    if queued:
+        run.notify("tie-cores", {"queued": queued})
+        run.remaining = run.submitted + queued
+        run.deadline = None  # the budget is spent; these few trials finish what it found
+        run.loop()
+    return queued
+
+
 class _Run:
     """One run of the driver loop over a study: submit, collect, record, time out, interrupt."""
 
@@ -1159,6 +1198,7 @@ def run_study(
         summary=summary,
         notify=notify,
     )
+    study.set_user_attr(STUDY_ACCURACY_RESOLUTION_ATTR, run.task.accuracy_resolution())
     context = _executor(executor) if own_executor else contextlib.nullcontext(executor)
     active = [run]
     try:
@@ -1167,6 +1207,8 @@ def run_study(
                 successive_halving(run, locations, active)
             else:
                 run.loop()
+            if summary.completed and run.stopped is None:
+                summary.tie_cores = evaluate_tie_cores(run)
             if spec.measurement.remeasure_sessions and (summary.completed or always_remeasure):
                 notify("remeasure-start", {"sessions": spec.measurement.remeasure_sessions})
                 summary.remeasured = remeasure_frontier(

@@ -9,6 +9,7 @@ from lepton_search.objectives._devices import device_class_of
 from lepton_search.search._attrs import (
     DUPLICATE_OF,
     REMEASURED_PREFIX,
+    STUDY_ACCURACY_RESOLUTION_ATTR,
     STUDY_BASELINE_ATTR,
     STUDY_FACTORS_ATTR,
     STUDY_OBJECTIVES_ATTR,
@@ -172,10 +173,20 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
     Trials whose latency verdict is "slower" than the baseline stay visible but carry
     ``slower_than_baseline: true``, so they are never silently on the frontier.
     """
+    from optuna.trial import TrialState
+
+    from lepton_search.search._ties import groups_json
+
     names = objective_names(study)
     # A repeated proposal has its original's values; the original stands for both.
     best = sorted((t for t in study.best_trials if DUPLICATE_OF not in t.user_attrs), key=lambda t: t.number)
-    return {
+    on_frontier = {t.number for t in best}
+    alternatives = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number not in on_frontier and DUPLICATE_OF not in t.user_attrs and is_feasible(t)
+    ]
+    data: dict[str, Any] = {
         "study": study.study_name,
         "objectives": [{"name": n, "direction": d.name.lower()} for n, d in zip(names, study.directions)],
         "baseline": baseline_summary(study),
@@ -183,6 +194,28 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
         # Where the best frontier configuration's speed comes from (None until a run measured it).
         "factors": study.user_attrs.get(STUDY_FACTORS_ATTR),
     }
+    data["accuracy_resolution"] = accuracy_resolution(study)
+    data["groups"] = groups_json(
+        data,
+        accuracy_resolution=data["accuracy_resolution"],
+        alternatives=[trial_entry(t, names, study) for t in alternatives],
+    )
+    return data
+
+
+#: For studies recorded before runs stored their task's resolution (``Task.accuracy_resolution``).
+DEFAULT_ACCURACY_RESOLUTION = 1e-3
+
+
+def accuracy_resolution(study: optuna.Study) -> float:
+    """The accuracy difference below which two frontier points tie: the task's, as the last run
+    recorded it."""
+    return float(study.user_attrs.get(STUDY_ACCURACY_RESOLUTION_ATTR) or DEFAULT_ACCURACY_RESOLUTION)
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """True when ``trial`` meets every study constraint (accuracy drop, latency or cost caps)."""
+    return all(v <= 0 for v in (getattr(trial, "constraints", None) or {}).values())
 
 
 def reference_point(study: optuna.Study, tolerance: float | None = None) -> list[float] | None:
@@ -240,7 +273,7 @@ def speed_cost_frontiers(study: optuna.Study) -> dict[str, Any]:
     rows: dict[int, dict[str, Any]] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         attrs = t.user_attrs
-        feasible = all(v <= 0 for v in (t.constraints or {}).values()) if hasattr(t, "constraints") else True
+        feasible = is_feasible(t)
         latency = (attrs.get("latency") or {}).get("median_ms")
         cost = attrs.get("cost_usd_per_million")
         if not feasible or latency is None or cost is None:

@@ -66,6 +66,11 @@ class ProgressReporter:
         if kind == "remeasure-start":
             self.console.print(f"Re-measuring the frontier in fresh processes ({info['sessions']} sessions each)")
             return
+        if kind == "tie-cores":
+            self.console.print(
+                f"Evaluating {info['queued']} simpler configuration(s) that tied frontier points share", markup=False
+            )
+            return
         if kind == "promote":
             self.console.print(
                 f"Screening round: {info['screened']} screened, {info['promoted']} promoted to full fidelity",

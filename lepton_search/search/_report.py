@@ -13,6 +13,7 @@ from lepton_search.search._frontier import (
     baseline_summary,
     default_deployment,
     frontier,
+    is_feasible,
     objective_names,
     reference_point,
     remeasured,
@@ -45,7 +46,7 @@ def _pareto_figure(study: optuna.Study, names: list[str]) -> go.Figure:
     best = {t.number for t in study.best_trials}
     groups: dict[str, list[Any]] = {"frontier": [], "dominated": [], "infeasible": [], "slower than baseline": []}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        feasible = all(v <= 0 for v in (t.constraints or {}).values()) if hasattr(t, "constraints") else True
+        feasible = is_feasible(t)
         if t.user_attrs.get("slower_than_baseline"):
             groups["slower than baseline"].append(t)
         elif not feasible:

@@ -2,10 +2,10 @@
 
 Two non-dominated points are a tie when their speed intervals overlap (the ratio to the
 interleaved baseline, which compares across measurement windows), their cost intervals overlap,
-and their accuracies differ by less than the task's resolution. Ties are not transitive, so groups
-form around leaders: points are taken simplest first (fewest active techniques, then the smallest
-change to the model), and each joins the first group whose leader it ties with. Every member of a
-group therefore ties with its leader, and the leader is the simplest of them.
+and their accuracies differ by at most the task's resolution (one validation example). Ties are
+not transitive, so groups form around leaders: points are taken simplest first (fewest active
+techniques, then the smallest change to the model), and each joins the first group whose leader it
+ties with. Every member of a group therefore ties with its leader, and the leader is the simplest of them.
 
 A group's simplest *possible* member may be one that no trial evaluated: int8 + 15% unstructured
 and int8 + 60% unstructured + distillation tie, and both hold int8 alone. :func:`core_config`
@@ -91,8 +91,8 @@ def _cost_interval(point: FrontierPoint) -> tuple[float, float] | None:
 
 def ties(a: FrontierPoint, b: FrontierPoint, *, accuracy_resolution: float) -> bool:
     """True when a user could not tell ``a`` from ``b``: overlapping speed and cost intervals and
-    accuracies closer than ``accuracy_resolution``."""
-    if abs(a.accuracy - b.accuracy) >= accuracy_resolution:
+    accuracies at most ``accuracy_resolution`` apart."""
+    if abs(a.accuracy - b.accuracy) > accuracy_resolution * (1 + 1e-9):
         return False
     if not _overlap(a.ratio_ci, b.ratio_ci):
         return False

@@ -392,3 +392,44 @@ def test_a_resumed_study_does_not_replay_its_first_proposals(tmp_path: Path, art
     study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
     hashes = [t.user_attrs["config_hash"] for t in study.trials]
     assert len(hashes) == 6 and len(set(hashes)) == 6
+
+
+def test_a_tie_groups_simpler_core_is_evaluated_before_the_run_ends(tmp_path: Path, artifacts: Path) -> None:
+    from lepton_search.search._attrs import TIE_CORE_OF
+    from lepton_search.spaces import QuantizeConfig
+
+    spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 3, "workers": 1})
+    study = open_study(spec, locations)
+    int8 = QuantizeConfig("int8", int8_mode="static", calibration_method="minmax", calibration_batches=2)
+    # Two constructed frontier points, far better than anything real and indistinguishable from
+    # each other: the same int8 with different channel ratios, overlapping speed intervals, the
+    # less pruned one a little more accurate and a little slower (so neither dominates).
+    for number, ratio in ((0, 0.25), (1, 0.5)):
+        accuracy, latency = 0.991 - number * 0.001, 0.00101 - number * 1e-5
+        config = CompressionConfig(quantization=int8, pruning=PruneConfig("channel", ratio))
+        trial = study.ask()
+        for key, value in {
+            "config": config.to_dict(),
+            "config_hash": config.config_hash,
+            "label": config.describe(),
+            "accuracy": accuracy,
+            "latency": {"median_ms": latency, "ci_ms": [0.0009, 0.0011]},
+            "ratio_to_baseline": latency * 10,
+            "ratio_ci": [0.009, 0.011],
+            "verdict": "faster",
+        }.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, [accuracy, latency, 1e-9])
+    _enqueue(spec, locations, CompressionConfig(pruning=PruneConfig("channel", 0.5)))
+
+    summary = run_study(spec, locations=locations)
+
+    assert summary.tie_cores == 1
+    study = optuna.load_study(study_name="test-study", storage=locations.storage_url)
+    (core,) = [t for t in study.trials if TIE_CORE_OF in t.user_attrs]
+    assert core.state == TrialState.COMPLETE
+    assert core.user_attrs[TIE_CORE_OF] == 0  # the simpler of the pair led the group
+    assert CompressionConfig.from_dict(core.user_attrs["config"]) == CompressionConfig(quantization=int8)
+    assert study.user_attrs["lepton:accuracy_resolution"] == pytest.approx(1 / 360, rel=0.5)
+    again = run_study(spec, locations=locations, n_trials=4)
+    assert again.tie_cores == 0  # evaluated once, never queued again
