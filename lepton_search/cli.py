@@ -36,15 +36,21 @@ study_argument = click.argument("study_file", type=click.Path(dir_okay=False))
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lepton-search")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the INFO logs of lepton-search and its libraries (Optuna).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """Search quantization, pruning and distillation jointly for the Pareto frontier of
     accuracy, latency and cost."""
     ctx.obj = {"debug": debug}
     import logging
 
-    # Optuna logs every study load at INFO; our own output says what happened.
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    import optuna
+
+    # Optuna logs every study load at INFO; our own output says what happened. Optuna resets its
+    # logger's level when it first logs, so the level is set through its own call.
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _console() -> Any:
@@ -130,14 +136,15 @@ def run(
     _print_frontier(spec, locations)
 
 
-def _print_frontier(spec: Any, locations: Any) -> None:
+def _print_frontier(spec: Any, locations: Any, *, grouped: bool = True) -> None:
     from rich.console import Console
 
     from lepton_search.search import frontier, load_existing_study
     from lepton_search.search._progress import frontier_table
 
     data = frontier(load_existing_study(spec, locations))
-    Console().print(frontier_table(data))
+    console = Console()
+    console.print(frontier_table(data, grouped=grouped, width=console.width))
 
 
 @cli.command("frontier")
@@ -145,8 +152,12 @@ def _print_frontier(spec: Any, locations: Any) -> None:
 @storage_option
 @artifacts_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def frontier_command(study_file: str, storage: str | None, artifacts: str | None, fmt: str) -> None:
-    """Print the Pareto frontier of STUDY_FILE's study."""
+@click.option(
+    "--all", "show_all", is_flag=True, help="One row per non-dominated trial, ties not grouped (the table only)."
+)
+def frontier_command(study_file: str, storage: str | None, artifacts: str | None, fmt: str, show_all: bool) -> None:
+    """Print the Pareto frontier of STUDY_FILE's study: one row per tie group, led by its simplest
+    configuration (the JSON holds both the groups and every non-dominated trial)."""
     from lepton_search.search import Locations, frontier, load_existing_study, load_study_file
 
     spec = load_study_file(study_file)
@@ -154,7 +165,7 @@ def frontier_command(study_file: str, storage: str | None, artifacts: str | None
     if fmt == "json":
         click.echo(json.dumps(frontier(load_existing_study(spec, locations)), indent=2))
     else:
-        _print_frontier(spec, locations)
+        _print_frontier(spec, locations, grouped=not show_all)
 
 
 @cli.command()

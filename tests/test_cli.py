@@ -217,3 +217,19 @@ def test_sys_exit_from_user_code_is_an_error(
     code = main(["run", str(QUICKSTART), "--no-progress"])
     assert code == EXIT_ERROR
     assert "called sys.exit(0)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "shown"), [([], False), (["--verbose"], True)], ids=["quiet", "verbose"])
+def test_optuna_info_logs_appear_only_with_verbose(tmp_path: Path, flags: list[str], shown: bool) -> None:
+    # A command that creates a study, as `run` does: Optuna logs "A new study created" at INFO.
+    code = (
+        "import optuna\n"
+        "from lepton_search.cli import cli\n"
+        "@cli.command('probe')\n"
+        "def probe():\n"
+        "    optuna.create_study(storage='sqlite:///probe.db', study_name='probe')\n"
+        f"cli({[*flags, 'probe']!r}, standalone_mode=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert ("A new study created" in proc.stderr) is shown, proc.stderr

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from lepton_search.search._frontier import speedup_of
+from lepton_search.search._ties import grouped_entries
+from lepton_search.spaces import CompressionConfig
 
 
 class ProgressReporter:
@@ -127,29 +132,81 @@ class ProgressReporter:
             self.console.print(line, highlight=False, markup=False)
 
 
-def frontier_table(data: dict[str, Any]) -> Table:
-    """The frontier JSON as a rich table, slower-than-baseline rows flagged."""
+#: Column headings of the objectives the 80-column table knows; others show their own names.
+_SHORT_OBJECTIVE = {"accuracy": "acc", "latency_ms": "ms", "cost_usd_per_million": "$/1M"}
+
+
+def _speedup_text(entry: dict[str, Any]) -> str:
+    latency = entry["latency"].get("remeasured") or entry["latency"]
+    speedup, ci = speedup_of(latency.get("ratio_to_baseline"), latency.get("ratio_ci"))
+    if not speedup:
+        return "-"
+    text = f"{speedup:.3g}x" + (f" [{ci[0]:.3g}-{ci[1]:.3g}]" if ci else "")
+    return f"[bold red]SLOWER[/] {text}" if entry["slower_than_baseline"] else text
+
+
+def _label(entry: dict[str, Any]) -> str:
+    if entry.get("config"):
+        return CompressionConfig.from_dict(entry["config"]).short_label()
+    return entry.get("label") or ""
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.3g}"
+
+
+def _truncated(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def frontier_table(data: dict[str, Any], *, grouped: bool = True, width: int = 80) -> Table:
+    """The frontier JSON as a rich table of one line per configuration, ``width`` columns wide at
+    most: one row per tie group, led by its simplest member, with the trials that tie with it;
+    ``grouped=False`` lists every non-dominated point instead. Only the configuration column gives
+    way to a narrow terminal (its label is cut short; ``--format json`` and the report give it whole)."""
     names = [o["name"] for o in data["objectives"]]
     base = data["baseline"]
-    title = f"Pareto frontier of {data['study']} ({len(data['trials'])} configurations)"
+    rows = grouped_entries(data) if grouped else [(entry, []) for entry in data["trials"]]
+    noun = "tie group" if grouped else "configuration"
+    title = f"Pareto frontier of {data['study']}: {len(rows)} {noun}{'s' if len(rows) != 1 else ''}"
+    caption = ""
     if base["latency"]["median_ms"]:
-        title += f"; baseline: {', '.join(f'{k} {v:.4g}' for k, v in base['values'].items() if v is not None)}"
-    table = Table(title=title, caption="* re-measured in fresh processes where available")
-    for column in ["trial", "configuration", *names, "speedup [95% CI]*", "x baseline*", "verdict*"]:
-        table.add_column(column, overflow="fold")
-    for t in data["trials"]:
-        lat = t["latency"].get("remeasured") or t["latency"]
-        speedup, speedup_ci = speedup_of(lat.get("ratio_to_baseline"), lat.get("ratio_ci"))
-        speedup_ci = speedup_ci or [float("nan")] * 2
-        verdict = lat.get("verdict") or "-"
-        if t["slower_than_baseline"]:
-            verdict = "[bold red]SLOWER[/]"
-        table.add_row(
-            str(t["number"]),
-            t.get("label") or "",
-            *[f"{t['values'][n]:.4g}" for n in names],
-            f"{speedup:.2f}x faster [{speedup_ci[0]:.2f}, {speedup_ci[1]:.2f}]" if speedup else "-",
-            f"{lat['ratio_to_baseline']:.3f}" if lat.get("ratio_to_baseline") else "-",
-            verdict,
+        values = ", ".join(
+            f"{_SHORT_OBJECTIVE.get(k, k)} {_number(v)}" for k, v in base["values"].items() if v is not None
         )
-    return table
+        caption = f"baseline: {values}. "
+    caption += "Speedup re-measured in fresh processes where available."
+    if grouped:
+        caption += " Ties: trials a user cannot tell from the row's; frontier --all lists each."
+    headers = ["#", "configuration", *[_SHORT_OBJECTIVE.get(n, n) for n in names], "speedup [95% CI]"]
+    headers += ["ties"] if grouped else []
+    body = []
+    for entry, equivalents in rows:
+        cells = [
+            str(entry["number"]),
+            _label(entry),
+            *[_number(entry["values"].get(n)) for n in names],
+            _speedup_text(entry),
+        ]
+        if grouped:
+            cells.append(_truncated(", ".join(str(e["number"]) for e in equivalents), 12))
+        body.append(cells)
+    widths = [max(len(Text.from_markup(row[i]).plain) for row in [headers, *body]) for i in range(len(headers))]
+
+    def table_with(label_width: int) -> Table:
+        table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+        for i, header in enumerate(headers):
+            table.add_column(
+                header,
+                justify="left" if header in ("configuration", "speedup [95% CI]", "ties") else "right",
+                no_wrap=True,
+                width=min(widths[i], label_width) if i == 1 else widths[i],
+            )
+        for cells in body:
+            table.add_row(cells[0], _truncated(cells[1], label_width), *cells[2:])
+        return table
+
+    # The widest the table needs, measured by rich itself; only the label gives up the excess.
+    console = Console(file=io.StringIO(), width=10_000)
+    needed = console.measure(table_with(widths[1])).maximum
+    return table_with(max(widths[1] - max(needed - width, 0), 12))

@@ -4,6 +4,7 @@ one self-contained Plotly page."""
 
 from __future__ import annotations
 
+import datetime
 import html
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from lepton_search.search._frontier import (
     speedup_of,
     trial_deployment,
 )
+from lepton_search.search._ties import grouped_entries
 
 SPEED_COST_TITLE = "Speed versus cost"
 COST_FRONTIER_TITLE = "Cost frontier"
@@ -126,7 +128,8 @@ def _pareto_figure(study: optuna.Study, names: list[str]) -> go.Figure:
         )
     fig.update_layout(
         title=f"Pareto frontier: {y_name} vs {x_name} (error bars: 95% CI of latency)",
-        xaxis_title=x_name,
+        # Frontier latencies span 10x and more; on a linear axis the fast points pile up in a corner.
+        xaxis=dict(title=f"{x_name} (log scale)", type="log") if x_name == "latency_ms" else dict(title=x_name),
         yaxis_title=y_name,
         height=520,
     )
@@ -306,44 +309,58 @@ def _factors_figure(factors: dict[str, Any] | None) -> go.Figure | None:
     return fig
 
 
-def _table(data: dict[str, Any]) -> str:
+def _values_text(values: dict[str, Any]) -> str:
+    """``{"accuracy": 0.96100278, ...}`` as ``accuracy 0.961, latency_ms 0.1573``: rounded for reading."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in values.items() if value is not None)
+
+
+def _speedup_cell(entry: dict[str, Any]) -> str:
+    latency = entry["latency"].get("remeasured") or entry["latency"]
+    speedup, ci = speedup_of(latency.get("ratio_to_baseline"), latency.get("ratio_ci"))
+    if not speedup:
+        return "-"
+    text = f"{speedup:.2f}x faster" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    if entry["slower_than_baseline"]:
+        text += " <b style='color:#b00'>SLOWER than baseline</b>"
+    return text
+
+
+def _table(data: dict[str, Any], *, grouped: bool) -> str:
+    """The frontier as an HTML table: one row per tie group (its leader, the trials that tie with
+    it beside), or, ungrouped, one row per non-dominated trial."""
     names = [o["name"] for o in data["objectives"]]
-    head = "".join(
-        f"<th>{html.escape(h)}</th>"
-        for h in [
-            "#",
-            "configuration",
-            "deployment",
-            *names,
-            "speedup [95% CI]*",
-            "ratio to baseline*",
-            "verdict*",
-            "notes",
-        ]
-    )
+    head = ["#", "configuration", "deployment", *names, "speedup [95% CI]*", "ratio to baseline*", "verdict*"]
+    head += ["ties with (indistinguishable, not simpler)"] if grouped else []
+    head += ["notes"]
     rows = []
-    for t in data["trials"]:
+    entries = grouped_entries(data) if grouped else [(entry, []) for entry in data["trials"]]
+    for t, equivalents in entries:
         lat = t["latency"].get("remeasured") or t["latency"]
-        speedup, speedup_ci = speedup_of(lat.get("ratio_to_baseline"), lat.get("ratio_ci"))
-        faster = f"{speedup:.2f}x faster" if speedup else "-"
-        if speedup and speedup_ci:
-            faster += f" [{speedup_ci[0]:.2f}, {speedup_ci[1]:.2f}]"
-        ratio = f"{lat['ratio_to_baseline']:.3f}" if lat.get("ratio_to_baseline") else "-"
-        verdict = lat.get("verdict") or "-"
-        if t["slower_than_baseline"]:
-            verdict = "<b style='color:#b00'>SLOWER than baseline</b>"
         cells = [
             str(t["number"]),
             html.escape(t.get("label") or ""),
             html.escape(_deployment_label(t["deployment"])) if t.get("deployment") else "-",
-            *[f"{t['values'][n]:.4g}" for n in names],
-            faster,
-            ratio,
-            verdict,
-            html.escape("; ".join(t.get("notes") or [])),
+            *[f"{t['values'][n]:.4g}" if t["values"].get(n) is not None else "-" for n in names],
+            _speedup_cell(t),
+            f"{lat['ratio_to_baseline']:.3f}" if lat.get("ratio_to_baseline") else "-",
+            html.escape(lat.get("verdict") or "-"),
         ]
+        if grouped:
+            cells.append("<br>".join(f"#{e['number']} {html.escape(e.get('label') or '')}" for e in equivalents) or "-")
+        cells.append(html.escape("; ".join(t.get("notes") or [])))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    heading = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f"<table><thead><tr>{heading}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _when_text(study: optuna.Study) -> str:
+    """When the report was written (UTC) and when the study's trials completed (Optuna records local time)."""
+    finished = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
+    written = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if not finished:
+        return f"Report written {written}."
+    first, last = min(finished), max(finished)
+    return f"Report written {written}; trials completed {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} (local time)."
 
 
 def write_report(study: optuna.Study, path: Path) -> Path:
@@ -359,7 +376,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             hv = optuna.visualization.plot_hypervolume_history(study, ref)
         hv.update_layout(
-            title=f"Hypervolume history (reference point {dict(zip(names, [round(r, 4) for r in ref]))})", height=420
+            title=f"Hypervolume history (reference point: {_values_text(dict(zip(names, ref)))})", height=420
         )
         figures.append(hv)
     parallel = _parallel_figure(study, names)
@@ -372,7 +389,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     base = data["baseline"]
     base_latency = base["latency"]["median_ms"]
     summary = (
-        f"<p>Baseline (uncompressed): {html.escape(str(base['values']))}, median latency "
+        f"<p>Baseline (uncompressed): {html.escape(_values_text(base['values']))}; median latency "
         f"{base_latency:.4g} ms over {base['latency']['windows']} measurement windows.</p>"
         if base_latency
         else "<p>No completed trials yet.</p>"
@@ -393,8 +410,12 @@ def write_report(study: optuna.Study, path: Path) -> Path:
 <html><head><meta charset="utf-8"><title>lepton-search: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head>
-<body><h1>Study {html.escape(study.study_name)}</h1>{summary}
-<h2>Frontier ({len(data["trials"])} configurations)</h2>{_table(data)}
+<body><h1>Study {html.escape(study.study_name)}</h1>{summary}<p>{html.escape(_when_text(study))}</p>
+<h2>Frontier: {len(grouped_entries(data))} tie groups, simplest configuration first</h2>
+<p>Configurations in one row cannot be told apart: their speed (and cost) intervals overlap and their
+accuracies differ by at most {data["accuracy_resolution"]:.3g}. Deploy the row's configuration.</p>
+{_table(data, grouped=True)}
+<details><summary>All {len(data["trials"])} non-dominated trials</summary>{_table(data, grouped=False)}</details>
 {"".join(parts)}
 </body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)

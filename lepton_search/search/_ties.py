@@ -234,3 +234,21 @@ def groups_json(
             entry["leader_entry"] = others[group.leader.number]
         groups.append(entry)
     return groups
+
+
+def grouped_entries(data: Mapping[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The frontier JSON's points as ``(leader entry, equivalent entries)``, one per tie group in
+    ``data["groups"]`` order (fastest first), then the points no group holds (those without a
+    speed measurement), by trial number. What the table and the report show, one row per group."""
+    by_number = {entry["number"]: entry for entry in data["trials"]}
+    rows: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    shown: set[int] = set()
+    for group in data.get("groups") or []:
+        leader = group.get("leader_entry") or by_number.get(group["leader"])
+        if leader is None:
+            continue
+        equivalents = [by_number[n] for n in group["equivalents"] if n in by_number]
+        rows.append((leader, equivalents))
+        shown.update([group["leader"], *group["equivalents"]])
+    rows.extend((entry, []) for number, entry in sorted(by_number.items()) if number not in shown)
+    return rows

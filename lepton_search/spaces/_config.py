@@ -512,6 +512,8 @@ class GraphConfig:
 #: on the CPU is decided from its ISA there too; a config may hold it anywhere (it then runs, and
 #: is measured, on whatever CPU it is given). int8/int4 are ONNX Runtime quantizations and run
 #: only on ONNX backends.
+#: Pruning methods abbreviated in :meth:`CompressionConfig.short_label`.
+_SHORT_PRUNING = {"unstructured": "unstr"}
 TORCH_PRECISIONS: dict[str, tuple[str, ...]] = {"cpu": ("fp32", "bf16"), "gpu": ("fp32", "fp16", "bf16")}
 MAX_DEPLOY_BATCH_SIZE = 65536
 MAX_DEPLOY_THREADS = 512
@@ -711,6 +713,27 @@ class CompressionConfig:
             _require("_data" in payload, "Config envelope has no _data; expected the config's sections under it.")
             payload = payload["_data"]
         return cls.from_dict(payload)
+
+    def short_label(self) -> str:
+        """The techniques at a glance, for an 80-column table: ``int8 + channel 50% + hard KD``
+        (:meth:`describe` gives their settings)."""
+        q = self.quantization
+        parts = [q.precision + (" dyn" if q.precision == "int8" and q.int8_mode == "dynamic" else "")]
+        pr = self.pruning
+        if pr.method == "2:4":
+            parts.append("2:4")
+        elif pr.head_ratio:
+            parts.append(f"FFN {pr.ratio:.0%} heads {pr.head_ratio:.0%}")
+        elif pr.method != "none":
+            parts.append(f"{_SHORT_PRUNING.get(pr.method, pr.method)} {pr.ratio:.0%}")
+        if self.distillation.method != "none":
+            parts.append(f"{self.distillation.method} KD")
+        if self.graph.rewrites_graph:
+            parts.append("fused")
+        d = self.deployment
+        where = [f"b{d.batch_size}" if d.batch_size is not None else "", f"t{d.threads}" if d.threads else ""]
+        label = " + ".join(parts)
+        return f"{label} @{' '.join(w for w in where if w)}" if any(where) else label
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8-static(minmax) + channel 50% + soft KD``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import onnxruntime as ort
@@ -110,6 +111,14 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
     page = report.read_text()
     assert "Pareto frontier" in page and "Hypervolume history" in page and "parcoords" in page
     assert "frontier, re-measured" in page
+    # Rounded for reading: no raw dicts, no 16-digit floats; the date and a log latency axis.
+    head = page.split("<script")[0]  # the header and tables, before the first plot
+    assert "{'" not in head and not re.search(r"\d\.\d{9,}", head)
+    assert "Report written 20" in head and "tie groups, simplest configuration first" in head
+    from lepton_search.search._frontier import objective_names
+    from lepton_search.search._report import _pareto_figure
+
+    assert _pareto_figure(study, objective_names(study)).layout.xaxis.type == "log"
 
     best = data["trials"][0]["number"]
     written = export_trial(spec, locations, best, tmp_path / "export")

@@ -34,7 +34,7 @@ def test_the_frontier_table_leads_with_the_speedup() -> None:
     console = Console(width=200, record=True)
     console.print(frontier_table(data))
     text = console.export_text()
-    assert "3.12x faster [2.94, 3.33]" in text and "0.320" in text
+    assert "3.12x [2.94-3.33]" in text
 
 
 def test_the_report_draws_where_the_speed_comes_from() -> None:
