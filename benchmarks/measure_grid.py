@@ -42,7 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from lepton_search.objectives._devices import cpu_model
+from lepton_search.devices._machine import cpu_model
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
 
 TASK = "digits-cnn"

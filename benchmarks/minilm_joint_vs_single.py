@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.monotonic()
+    from lepton_search.devices._machine import cpu_identity
     from lepton_search.objectives import NoGate
-    from lepton_search.objectives._devices import cpu_identity
     from lepton_search.objectives._evaluate import (
         compress_and_score,
         deployment_settings,

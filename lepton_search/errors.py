@@ -66,3 +66,7 @@ class StudyNotFoundError(StorageError):
 
 class TrialFailed(LeptonSearchError):
     """A trial's evaluation failed; the message becomes the trial's recorded reason."""
+
+
+class RunInterrupted(LeptonSearchError):
+    """The run was stopped by Ctrl-C or SIGTERM; completed trials are saved."""

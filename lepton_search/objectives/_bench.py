@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lepton_search.devices._machine import describe_device
 from lepton_search.errors import MeasurementError
-from lepton_search.objectives._devices import describe_device
 from lepton_search.objectives._latency import (
     LatencyBackend,
     LatencyStats,

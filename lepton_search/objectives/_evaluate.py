@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from lepton_search.devices._machine import device_kind_of
 from lepton_search.errors import TrialFailed
 from lepton_search.objectives._compress import CompressedModel, compress
 from lepton_search.objectives._cost import CostModel
-from lepton_search.objectives._devices import device_kind_of
 from lepton_search.objectives._export import export_onnx
 from lepton_search.objectives._latency import (
     LatencyBackend,

@@ -77,8 +77,8 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-from lepton_search.errors import MeasurementError, UnknownNameError
-from lepton_search.objectives._devices import (
+from lepton_search.devices._backends import BackendTraits, DeviceKind, ModelFormat, register_backend_traits
+from lepton_search.devices._machine import (
     device_class_of,
     device_manifest,
     high_water_mb,
@@ -86,12 +86,12 @@ from lepton_search.objectives._devices import (
     reset_high_water,
     resident_mb,
 )
+from lepton_search.errors import MeasurementError, UnknownNameError
 
 Verdict = Literal["faster", "slower", "tie"]
 
 #: The verdict's noise band when it is not calibrated (see the module docstring).
 DEFAULT_NOISE_BAND = 0.05
-ModelFormat = Literal["onnx", "torch-export"]
 
 #: One model input (single-input models, the historical form) or inputs by name.
 Inputs: TypeAlias = "np.ndarray | Mapping[str, np.ndarray]"
@@ -202,7 +202,7 @@ class LatencyBackend(abc.ABC):
     #: The kind of model file the backend opens.
     model_format: ModelFormat = "onnx"
     #: "cpu" or "gpu": the kind of device the backend measures on (its class is in the manifest).
-    device_kind: str = "cpu"
+    device_kind: DeviceKind = "cpu"
 
     @classmethod
     def availability(cls) -> Availability:
@@ -299,7 +299,9 @@ _BACKENDS: dict[str, type[LatencyBackend]] = {}
 
 
 def register_backend(cls: type[LatencyBackend]) -> type[LatencyBackend]:
-    """Class decorator: makes ``cls`` available to :func:`get_backend` under ``cls.name``."""
+    """Class decorator: makes ``cls`` available to :func:`get_backend` under ``cls.name``, and its
+    traits to configurations (``devices._backends``)."""
+    register_backend_traits(cls.name, BackendTraits(cls.model_format, cls.device_kind))
     _BACKENDS[cls.name] = cls
     return cls
 

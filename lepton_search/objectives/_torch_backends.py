@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lepton_search.devices._machine import device_manifest
 from lepton_search.errors import MeasurementError
-from lepton_search.objectives._devices import device_manifest
 from lepton_search.objectives._latency import (
     Availability,
     Inputs,

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lepton_search import __version__
-from lepton_search.errors import ConfigError, LeptonSearchError, StudyNotFoundError
+from lepton_search.devices._machine import device_class_of
+from lepton_search.errors import ConfigError, LeptonSearchError, RunInterrupted, StudyNotFoundError
 from lepton_search.objectives import (
     CostModel,
     MeasurementSettings,
@@ -44,7 +45,6 @@ from lepton_search.objectives import (
     prepare,
 )
 from lepton_search.objectives._compress import canonical_config
-from lepton_search.objectives._devices import device_class_of
 from lepton_search.objectives._evaluate import load_task
 from lepton_search.objectives._latency import DEFAULT_NOISE_BAND
 from lepton_search.search._attrs import (
@@ -81,12 +81,6 @@ if TYPE_CHECKING:
     import optuna
 
 logger = logging.getLogger(__name__)
-
-# Trial user attribute: the number of the trial whose evaluation a repeated proposal was served from.
-
-
-class RunInterrupted(LeptonSearchError):
-    """The run was stopped by Ctrl-C or SIGTERM; completed trials are saved."""
 
 
 @dataclass
@@ -326,7 +320,7 @@ def result_key(
     """The result-cache key of ``config``: task, config and the whole measurement setup.
 
     The device part includes the device class (a hash of the CPU's or GPU's kernel-relevant
-    identity, ``objectives/_devices.py``), so a result measured on one ISA is never served on
+    identity, ``devices/_machine.py``), so a result measured on one ISA is never served on
     another. ``device_class`` names the class a result was measured on; by default it is this
     machine's, where a lookup expects the trial to be measured.
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from lepton_search.objectives._devices import device_class_of
+from lepton_search.devices._machine import device_class_of
 from lepton_search.search._attrs import (
     DUPLICATE_OF,
     REMEASURED_PREFIX,

@@ -50,7 +50,7 @@ def _version(package: str) -> str | None:
 
 def run_manifest(study_file: Path) -> dict[str, Any]:
     """What tonight's numbers were measured with: library versions, machine, study file hash."""
-    from lepton_search.objectives._devices import cpu_identity, nvidia_smi
+    from lepton_search.devices._machine import cpu_identity, nvidia_smi
 
     gpu = nvidia_smi()
     cpu = cpu_identity()

@@ -14,6 +14,8 @@ import json
 import math
 from typing import Any, ClassVar, Literal
 
+from lepton_search.devices._backends import backend_names
+from lepton_search.devices._backends import backend_traits as known_backend_traits
 from lepton_search.errors import ConfigError
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
@@ -520,22 +522,17 @@ MAX_DEPLOY_THREADS = 512
 
 
 def backend_traits(backend: str) -> tuple[str, str]:
-    """``(model_format, device_kind)`` of the registered latency backend ``backend`` (kind: cpu or gpu).
+    """``(model_format, device_kind)`` of the deployment backend ``backend`` (kind: cpu or gpu).
 
     Raises:
-        ConfigError: ``backend`` is not a registered latency backend.
+        ConfigError: ``backend`` is not a known deployment backend.
     """
-    # Imported here: the registry lives in ``objectives`` (which imports this module); looking a
-    # backend up imports no torch or ONNX Runtime.
-    from lepton_search.objectives._latency import _registry
-
-    registry = _registry()
-    _require(
-        backend in registry,
-        f"deployment.backend = {backend!r} is not a registered latency backend; use one of {sorted(registry)}.",
-    )
-    cls = registry[backend]
-    return cls.model_format, cls.device_kind
+    traits = known_backend_traits(backend)
+    if traits is None:
+        raise ConfigError(
+            f"deployment.backend = {backend!r} is not a registered latency backend; use one of {backend_names()}."
+        )
+    return traits.model_format, traits.device_kind
 
 
 def torch_precisions(backend: str) -> tuple[str, ...] | None:

@@ -1,7 +1,7 @@
 """The search space's hardware decisions: what the measuring CPU runs fast, decided from its ISA.
 
 Some knobs are worth searching only on some CPUs. Each decision here reads the detected ISA
-(``objectives/_devices.py``) and carries its reason, which validation messages and ``lepton-search
+(``devices/_machine.py``) and carries its reason, which validation messages and ``lepton-search
 validate`` print:
 
 - **bf16 on torch-cpu** is offered where the CPU has AVX-512 BF16 or AMX-BF16; elsewhere torch
@@ -97,9 +97,9 @@ class SpaceHardware:
 
     @classmethod
     def detect(cls) -> SpaceHardware:
-        """The CPU this process runs on (or the simulated one, see ``objectives._devices``)."""
+        """The CPU this process runs on (or the simulated one, see ``devices._machine``)."""
         # Imported here: spaces knows nothing of how a CPU is read; reading it imports no torch.
-        from lepton_search.objectives._devices import cpu_identity
+        from lepton_search.devices._machine import cpu_identity
 
         cpu = cpu_identity()
         return cls(cpu.architecture, frozenset(cpu.features), cpu.description, cpu.device_class)
@@ -172,7 +172,7 @@ class HardwareDecisions:
 
 
 def _present(hardware: SpaceHardware, flags: tuple[str, ...]) -> str:
-    from lepton_search.objectives._devices import FEATURE_NAMES
+    from lepton_search.devices._machine import FEATURE_NAMES
 
     return "/".join(FEATURE_NAMES.get(f, f) for f in flags if f in hardware.features)
 

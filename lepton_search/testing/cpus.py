@@ -1,7 +1,7 @@
 """CPUs to simulate: ``/proc/cpuinfo`` of the three CPUs this project has run on.
 
 Kernels differ between CPUs with one model name, so tests and tools that must show what happens on
-another CPU override the probe (``objectives._devices``) with one of these files. Only the CPU is
+another CPU override the probe (``devices._machine``) with one of these files. Only the CPU is
 simulated (its vendor, family, model and ISA flags): the measurements still run on this machine.
 
 - ``epyc-avx2``: an AMD EPYC reporting AVX2 and FMA but no AVX-512 and no VNNI (Zen 2, family 23
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lepton_search.objectives._devices import FileCpuProbe
+    from lepton_search.devices._machine import FileCpuProbe
 
 CPUINFO_DIR = Path(__file__).parent / "cpuinfo"
 
@@ -36,7 +36,7 @@ def cpu_probe(name: str) -> FileCpuProbe:
     Raises:
         KeyError: ``name`` is not a simulated CPU; the message lists those that are.
     """
-    from lepton_search.objectives._devices import FileCpuProbe
+    from lepton_search.devices._machine import FileCpuProbe
 
     if name not in SIMULATED_CPUS:
         raise KeyError(f"No simulated CPU {name!r}; simulated CPUs: {sorted(SIMULATED_CPUS)}.")
@@ -47,7 +47,7 @@ def cpu_probe(name: str) -> FileCpuProbe:
 def simulated_cpu(name: str) -> Iterator[FileCpuProbe]:
     """Within the block, manifests, device classes and the space's hardware decisions describe
     the simulated CPU ``name``."""
-    from lepton_search.objectives._devices import use_cpu_probe
+    from lepton_search.devices._machine import use_cpu_probe
 
     with use_cpu_probe(cpu_probe(name)) as probe:
         yield probe

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from lepton_search.devices._machine import cpu_identity, gpu_manifest, nvidia_smi, parse_nvidia_smi_csv
 from lepton_search.errors import MeasurementError, UnknownNameError
 from lepton_search.objectives import (
     LatencyBackend,
@@ -31,7 +32,6 @@ from lepton_search.objectives import (
     summarize,
     verdict_of,
 )
-from lepton_search.objectives._devices import cpu_identity, gpu_manifest, nvidia_smi, parse_nvidia_smi_csv
 from lepton_search.objectives._latency import (
     ResidentMemoryProbe,
     Runner,

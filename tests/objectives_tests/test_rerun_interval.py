@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from lepton_search.cli import EXIT_ERROR, main
-from lepton_search.objectives._devices import cpu_identity
+from lepton_search.devices._machine import cpu_identity
 from lepton_search.objectives._latency import MIN_RERUN_REFERENCES, RerunCalibration
 from lepton_search.testing import SIMULATED_CPUS, simulated_cpu
 

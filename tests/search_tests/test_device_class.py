@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from lepton_search.objectives._devices import cpu_identity
+from lepton_search.devices._machine import cpu_identity
 from lepton_search.search import Locations, parse_study, run_study
 from lepton_search.search._attrs import STUDY_HARDWARE_ATTR
 from lepton_search.search._driver import base_request, open_study, result_key, with_study_hardware

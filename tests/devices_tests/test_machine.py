@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lepton_search.objectives._devices import (
+from lepton_search.devices._machine import (
     CPUINFO_ENV,
     CpuProbe,
     FileCpuProbe,
@@ -62,7 +62,7 @@ def test_the_device_class_is_stable_and_hashes_only_what_decides_kernels(tmp_pat
     forced = cpu_identity_from(probe, environ={"ATEN_CPU_CAPABILITY": "avx2"})
     assert forced.device_class != first.device_class and "ATEN_CPU_CAPABILITY=avx2" in forced.description
     # A fresh process reading the same CPU (through $LEPTON_CPUINFO) computes the same class.
-    code = "from lepton_search.objectives._devices import cpu_identity; print(cpu_identity().device_class)"
+    code = "from lepton_search.devices._machine import cpu_identity; print(cpu_identity().device_class)"
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
     done = subprocess.run(
         [sys.executable, "-c", code],
