@@ -117,7 +117,9 @@ def tie_groups(
     candidates = [*points, *(a for a in alternatives if a.number not in on_frontier)]
     leaders: list[FrontierPoint] = []
     members: dict[int, list[FrontierPoint]] = {}
-    for point in sorted(candidates, key=lambda p: (complexity(p.config), p.ratio, p.number)):
+    # Equally simple, a frontier point leads before an alternative: the alternative is dominated.
+    ranked = sorted(candidates, key=lambda p: (complexity(p.config), p.number not in on_frontier, p.ratio, p.number))
+    for point in ranked:
         home = next((lead for lead in leaders if ties(lead, point, accuracy_resolution=accuracy_resolution)), None)
         if home is None:
             leaders.append(point)

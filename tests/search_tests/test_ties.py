@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from lepton_search.search._ties import FrontierPoint, core_config, groups_json, leaders_to_evaluate, tie_groups
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig
 
@@ -103,3 +105,13 @@ def test_the_frontier_json_groups_name_the_leader_and_the_core_to_evaluate() -> 
     (group,) = groups_json(data, accuracy_resolution=1 / 360, alternatives=[alone])
     assert (group["leader"], group["equivalents"], group["core"]) == (30, [7, 22], None)
     assert group["leader_entry"] == alone
+
+
+def test_an_equally_simple_alternative_does_not_lead_over_a_frontier_point() -> None:
+    # Two int8-alone trials with different calibration: the faster is off the frontier (dominated
+    # in accuracy); the frontier point leads, the alternative adds nothing.
+    percentile = CompressionConfig(quantization=dataclasses.replace(INT8, calibration_method="percentile"))
+    on_frontier = _point(0, percentile, 0.9972, 0.330)
+    alternative = _point(6, INT8_ALONE, 0.9950, 0.327)
+    (group,) = tie_groups([on_frontier], accuracy_resolution=1 / 360, alternatives=[alternative])
+    assert group.leader.number == 0 and group.equivalents == ()
