@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from lepton_search.devices._machine import device_class_of
 from lepton_search.search._attrs import (
     DUPLICATE_OF,
     REMEASURED_PREFIX,
@@ -15,6 +14,7 @@ from lepton_search.search._attrs import (
     STUDY_OBJECTIVES_ATTR,
     STUDY_SPEC_ATTR,
 )
+from lepton_search.search._record import LatencyRecord, TrialRecord, recorded_deployment
 
 if TYPE_CHECKING:
     import optuna
@@ -40,11 +40,7 @@ def default_deployment(study: optuna.Study) -> dict[str, Any]:
 
 def trial_deployment(trial: optuna.trial.FrozenTrial, default: dict[str, Any]) -> dict[str, Any]:
     """The backend, batch size and threads ``trial`` was measured at."""
-    recorded = trial.user_attrs.get("deployment")
-    if recorded:
-        return {k: recorded.get(k) for k in _DEPLOYMENT_KEYS}
-    configured = (trial.user_attrs.get("config") or {}).get("deployment") or {}
-    return {k: configured.get(k, default[k]) for k in _DEPLOYMENT_KEYS}
+    return recorded_deployment(trial.user_attrs, default)
 
 
 def baseline_summary(study: optuna.Study) -> dict[str, Any]:
@@ -109,62 +105,35 @@ def speedup_of(ratio: float | None, ratio_ci: list[float] | None) -> tuple[float
 def remeasured(study: optuna.Study, number: int) -> dict[str, Any] | None:
     """The frontier re-measurement of trial ``number``, in the frontier JSON's latency shape."""
     data = study.user_attrs.get(f"{REMEASURED_PREFIX}{number}")
-    if not data:
-        return None
-    candidate = data["candidate"]
-    return {
-        "median_ms": candidate["median_ms"],
-        "ci_ms": candidate["ci_ms"],
-        "p95_ms": candidate["p95_ms"],
-        "cv": candidate["cv"],
-        "sessions": candidate["sessions"],
-        "ratio_to_baseline": data["ratio"],
-        "ratio_ci": data["ratio_ci"],
-        **dict(zip(("speedup", "speedup_ci"), speedup_of(data["ratio"], data["ratio_ci"]))),
-        "verdict": data["verdict"],
-        "baseline_median_ms": data["baseline"]["median_ms"],
-        "rerun_ci_ms": candidate.get("rerun_ci_ms"),
-        "device_class": device_class_of(data.get("device")),
-        "device_class_name": (data.get("device") or {}).get("device_class_name"),
-        "at": data.get("at"),
-    }
+    return LatencyRecord.from_remeasurement(data).remeasurement_json() if data else None
 
 
 def trial_entry(trial: optuna.trial.FrozenTrial, names: list[str], study: optuna.Study | None = None) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    latency = attrs.get("latency", {})
-    again = remeasured(study, trial.number) if study is not None else None
-    slower = bool(attrs.get("slower_than_baseline")) or (again is not None and again["verdict"] == "slower")
-    return {
-        "number": trial.number,
-        "label": attrs.get("label"),
-        "config": attrs.get("config", {}),
-        "values": dict(zip(names, trial.values or [])),
-        "latency": {
-            "median_ms": latency.get("median_ms"),
-            "ratio_to_baseline": attrs.get("ratio_to_baseline"),
-            "ratio_ci": attrs.get("ratio_ci"),
-            **dict(zip(("speedup", "speedup_ci"), speedup_of(attrs.get("ratio_to_baseline"), attrs.get("ratio_ci")))),
-            "ci_ms": latency.get("ci_ms"),
-            "rerun_ci_ms": latency.get("rerun_ci_ms"),
-            "p95_ms": latency.get("p95_ms"),
-            "cv": latency.get("cv"),
-            "sessions": latency.get("sessions"),
-            "verdict": attrs.get("verdict"),
-            "device_class": device_class_of(attrs.get("device")),
-            "device_class_name": (attrs.get("device") or {}).get("device_class_name"),
-            "remeasured": again,
-        },
-        "slower_than_baseline": slower,
-        "test_accuracy": attrs.get("test_accuracy"),
-        "size_bytes": attrs.get("size_bytes"),
-        "cost_usd_per_million": attrs.get("cost_usd_per_million"),
-        "deployment": trial_deployment(trial, default_deployment(study))
-        if study is not None
-        else attrs.get("deployment"),
-        "notes": attrs.get("notes", []),
-        "constraints": dict(trial.constraints) if hasattr(trial, "constraints") else {},
-    }
+    """The frontier JSON's entry for ``trial``: its :class:`TrialRecord`, as JSON."""
+    return trial_record(trial, names, study).to_json()
+
+
+def trial_record(trial: optuna.trial.FrozenTrial, names: list[str], study: optuna.Study | None = None) -> TrialRecord:
+    """The :class:`TrialRecord` of ``trial``, with its re-measurement and deployment from ``study``."""
+    if study is None:
+        return TrialRecord.from_trial(trial, names)
+    return TrialRecord.from_trial(
+        trial,
+        names,
+        remeasurement=study.user_attrs.get(f"{REMEASURED_PREFIX}{trial.number}"),
+        default_deployment=default_deployment(study),
+    )
+
+
+def frontier_records(study: optuna.Study) -> list[TrialRecord]:
+    """The frontier's trials (as in :func:`frontier`'s ``trials``) as records, by trial number."""
+    names = objective_names(study)
+    return [trial_record(t, names, study) for t in _frontier_trials(study)]
+
+
+def _frontier_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    # A repeated proposal has its original's values; the original stands for both.
+    return sorted((t for t in study.best_trials if DUPLICATE_OF not in t.user_attrs), key=lambda t: t.number)
 
 
 def frontier(study: optuna.Study) -> dict[str, Any]:
@@ -178,8 +147,7 @@ def frontier(study: optuna.Study) -> dict[str, Any]:
     from lepton_search.search._ties import groups_json
 
     names = objective_names(study)
-    # A repeated proposal has its original's values; the original stands for both.
-    best = sorted((t for t in study.best_trials if DUPLICATE_OF not in t.user_attrs), key=lambda t: t.number)
+    best = _frontier_trials(study)
     on_frontier = {t.number for t in best}
     alternatives = [
         t
