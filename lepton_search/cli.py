@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from lepton_search import __version__
+import lepton_search
 from lepton_search.errors import LeptonSearchError
 
 EXIT_ERROR = 1
@@ -34,7 +34,7 @@ study_argument = click.argument("study_file", type=click.Path(dir_okay=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lepton-search")
+@click.version_option(lepton_search.__version__, prog_name="lepton-search")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the INFO logs of lepton-search and its libraries (Optuna).")
 @click.pass_context
@@ -64,7 +64,7 @@ def _console() -> Any:
 def validate(study_file: str) -> None:
     """Check STUDY_FILE without running it."""
     from lepton_search.search import load_study_file
-    from lepton_search.spaces._hardware import SpaceHardware
+    from lepton_search.spaces import SpaceHardware
 
     spec = load_study_file(study_file)
     hardware = SpaceHardware.detect()
@@ -104,18 +104,14 @@ def run(
     no_progress: bool,
 ) -> None:
     """Run STUDY_FILE, or continue it where the last run stopped."""
-    from lepton_search.search import Locations, load_study_file, run_study
-    from lepton_search.search._progress import ProgressReporter
+    from lepton_search.search import ProgressReporter
 
-    spec = load_study_file(study_file)
-    locations = Locations.resolve(spec, storage, artifacts)
+    study = lepton_search.load(study_file, storage=storage, artifacts=artifacts)
     console = _console()
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    total = n_trials if n_trials is not None else spec.budget.n_trials
+    total = n_trials if n_trials is not None else study.spec.budget.n_trials
     with ProgressReporter(console, total=total, plain=no_progress) as reporter:
-        summary = run_study(
-            spec, locations=locations, n_trials=n_trials, workers=workers, ray_address=ray_address, on_event=reporter
-        )
+        summary = study.run(n_trials=n_trials, workers=workers, ray_address=ray_address, on_event=reporter)
     console.print(
         f"Run finished in {summary.elapsed_s:.0f} s: {summary.completed} completed, "
         f"{summary.failed} failed"
@@ -133,16 +129,15 @@ def run(
             highlight=False,
         )
         ctx.exit(EXIT_ALL_FAILED)
-    _print_frontier(spec, locations)
+    _print_frontier(study)
 
 
-def _print_frontier(spec: Any, locations: Any, *, grouped: bool = True) -> None:
+def _print_frontier(study: Any, *, grouped: bool = True) -> None:
     from rich.console import Console
 
-    from lepton_search.search import frontier, load_existing_study
-    from lepton_search.search._progress import frontier_table
+    from lepton_search.search import frontier_table
 
-    data = frontier(load_existing_study(spec, locations))
+    data = study.frontier_json()
     console = Console()
     console.print(frontier_table(data, grouped=grouped, width=console.width))
 
@@ -158,14 +153,12 @@ def _print_frontier(spec: Any, locations: Any, *, grouped: bool = True) -> None:
 def frontier_command(study_file: str, storage: str | None, artifacts: str | None, fmt: str, show_all: bool) -> None:
     """Print the Pareto frontier of STUDY_FILE's study: one row per tie group, led by its simplest
     configuration (the JSON holds both the groups and every non-dominated trial)."""
-    from lepton_search.search import Locations, frontier, load_existing_study, load_study_file
 
-    spec = load_study_file(study_file)
-    locations = Locations.resolve(spec, storage, artifacts)
+    study = lepton_search.load(study_file, storage=storage, artifacts=artifacts)
     if fmt == "json":
-        click.echo(json.dumps(frontier(load_existing_study(spec, locations)), indent=2))
+        click.echo(json.dumps(study.frontier_json(), indent=2))
     else:
-        _print_frontier(spec, locations, grouped=not show_all)
+        _print_frontier(study, grouped=not show_all)
 
 
 @cli.command()
@@ -177,13 +170,8 @@ def frontier_command(study_file: str, storage: str | None, artifacts: str | None
 )
 def report(study_file: str, storage: str | None, artifacts: str | None, output: str | None) -> None:
     """Write the HTML report of STUDY_FILE's study."""
-    from lepton_search.search import Locations, load_existing_study, load_study_file, write_report
-    from lepton_search.storage import safe_name
 
-    spec = load_study_file(study_file)
-    study = load_existing_study(spec, Locations.resolve(spec, storage, artifacts))
-    path = Path(output) if output else Path(f"{safe_name(spec.study.name)}-report.html")
-    write_report(study, path)
+    path = lepton_search.report(study_file, output, storage=storage, artifacts=artifacts)
     click.echo(f"Wrote {path}")
 
 
@@ -196,9 +184,9 @@ def report(study_file: str, storage: str | None, artifacts: str | None, output: 
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 def dashboard(storage: str, artifacts: str | None, host: str, port: int) -> None:
     """Serve optuna-dashboard on the study storage and artifact store."""
-    from lepton_search.search._dashboard import serve
+    from lepton_search.search import serve_dashboard
 
-    serve(storage, artifacts, host=host, port=port)
+    serve_dashboard(storage, artifacts, host=host, port=port)
 
 
 @cli.command()
@@ -209,11 +197,8 @@ def dashboard(storage: str, artifacts: str | None, host: str, port: int) -> None
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Directory to write into.")
 def export(study_file: str, storage: str | None, artifacts: str | None, trial_number: int, output: str) -> None:
     """Write a trial's ONNX model and its config to a directory."""
-    from lepton_search.search import Locations, load_study_file
-    from lepton_search.search._export import export_trial
 
-    spec = load_study_file(study_file)
-    written = export_trial(spec, Locations.resolve(spec, storage, artifacts), trial_number, Path(output))
+    written = lepton_search.export(study_file, trial_number, output, storage=storage, artifacts=artifacts)
     for path in written:
         click.echo(f"Wrote {path}")
 
@@ -251,7 +236,7 @@ def compress(
 ) -> None:
     """Rebuild a compressed model from a config (as written by `export`), outside any study."""
     from lepton_search.errors import ConfigError
-    from lepton_search.objectives._rebuild import RebuildRecipe, rebuild
+    from lepton_search.objectives import RebuildRecipe, rebuild
 
     options = None
     if task_options is not None:
@@ -305,8 +290,7 @@ def nightly(
     PATH is a folder of study files (e.g. studies/nightly/) or one study file with a [nightly]
     section. Exit codes: 0 no regression, 3 a frontier regressed, 4 a study's run failed.
     """
-    from lepton_search.search._nightly import run_nightly
-    from lepton_search.search._progress import ProgressReporter
+    from lepton_search.search import ProgressReporter, run_nightly
 
     if run_date is not None:
         try:
@@ -363,7 +347,7 @@ def _noise_band(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def _dims(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, int]:
-    from lepton_search.objectives._bench import parse_dims
+    from lepton_search.objectives import parse_dims
 
     try:
         return parse_dims(value)
@@ -421,16 +405,15 @@ def bench(
     """Measure CANDIDATE's latency (against --baseline) with the study's protocol."""
     from rich.console import Console
 
-    from lepton_search.objectives import MeasurementSettings
-    from lepton_search.objectives._bench import bench as run_bench
-    from lepton_search.objectives._bench import bench_table
+    from lepton_search.objectives import bench_table
 
-    settings = MeasurementSettings(threads=threads, sessions=sessions, batch_size=batch_size)
-    result = run_bench(
-        Path(candidate),
-        Path(baseline) if baseline else None,
-        settings=settings,
+    result = lepton_search.bench(
+        candidate,
+        baseline,
         backend=backend,
+        threads=threads,
+        sessions=sessions,
+        batch_size=batch_size,
         dims=dims,
         noise_band=noise_band,  # type: ignore[arg-type]
         aa_runs=aa_runs,

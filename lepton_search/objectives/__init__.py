@@ -4,7 +4,15 @@ This package knows nothing of Optuna or Ray: :func:`evaluate` turns one
 :class:`~lepton_search.spaces.CompressionConfig` into scores and measurements.
 """
 
-from lepton_search.objectives._bench import BenchResult, InputSpec, bench, read_input_specs, synthesize_inputs
+from lepton_search.objectives._bench import (
+    BenchResult,
+    InputSpec,
+    bench,
+    bench_table,
+    parse_dims,
+    read_input_specs,
+    synthesize_inputs,
+)
 from lepton_search.objectives._compress import CompressedModel, compress
 from lepton_search.objectives._cost import CostModel
 from lepton_search.objectives._evaluate import (
@@ -39,6 +47,7 @@ from lepton_search.objectives._latency import (
     summarize,
     verdict_of,
 )
+from lepton_search.objectives._rebuild import RebuildRecipe, RebuiltModel, rebuild
 from lepton_search.objectives._torch_export import compress_to_program, export_program
 
 __all__ = [
@@ -55,12 +64,15 @@ __all__ = [
     "NoGate",
     "NoiseBand",
     "PairMeasurement",
+    "RebuildRecipe",
+    "RebuiltModel",
     "RerunCalibration",
     "Runner",
     "TrialRequest",
     "TrialResult",
     "available_backends",
     "bench",
+    "bench_table",
     "calibrate_noise_band",
     "calibrate_reruns",
     "compress",
@@ -73,9 +85,11 @@ __all__ = [
     "measure_pair",
     "measure_sessions",
     "noise_band_from_ratios",
+    "parse_dims",
     "prepare",
     "ratio_interval",
     "read_input_specs",
+    "rebuild",
     "register_backend",
     "summarize",
     "synthesize_inputs",

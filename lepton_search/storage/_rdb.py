@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -108,6 +109,50 @@ def _enable_wal(path: Path) -> None:
         ) from e
 
 
+#: Seconds to wait for a PostgreSQL server to accept and answer a connection, and for one statement.
+PG_CONNECT_TIMEOUT_S = 10
+PG_STATEMENT_TIMEOUT_S = 300
+_PG_CONNECT_ENV = "LEPTON_PG_CONNECT_TIMEOUT_S"
+_PG_STATEMENT_ENV = "LEPTON_PG_STATEMENT_TIMEOUT_S"
+
+
+def _seconds_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise StorageError(
+            f"${name} = {text!r} is not a whole number of seconds >= 0 (0 waits for ever); fix or unset it."
+        )
+    return value
+
+
+def postgres_connect_args(url: str) -> dict[str, object]:
+    """libpq settings that keep a silent or vanished PostgreSQL server from hanging a command.
+
+    A server that accepts the connection and never answers fails after ``connect_timeout``
+    (default :data:`PG_CONNECT_TIMEOUT_S`, ``$LEPTON_PG_CONNECT_TIMEOUT_S``); a statement that
+    runs longer than ``statement_timeout`` (default :data:`PG_STATEMENT_TIMEOUT_S`,
+    ``$LEPTON_PG_STATEMENT_TIMEOUT_S``; 0 turns either off) is cancelled by the server; TCP
+    keepalives notice a server that vanished mid-statement. The URL's own query parameters
+    (``?connect_timeout=5``, ``?options=-c%20statement_timeout%3D0``) take precedence.
+    """
+    from sqlalchemy.engine import make_url
+
+    query = make_url(url).query
+    args: dict[str, object] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+    args = {k: v for k, v in args.items() if k not in query}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = _seconds_from_env(_PG_CONNECT_ENV, PG_CONNECT_TIMEOUT_S)
+    if "options" not in query:
+        args["options"] = f"-c statement_timeout={_seconds_from_env(_PG_STATEMENT_ENV, PG_STATEMENT_TIMEOUT_S) * 1000}"
+    return args
+
+
 def traceback_text(e: BaseException) -> list[str]:
     """The text of ``e`` and of the exceptions chained to it."""
     texts: list[str] = []
@@ -145,6 +190,8 @@ def get_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
     if path is not None:
         _enable_wal(path)
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = postgres_connect_args(url)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as e:  # SQLAlchemy/driver errors have many types; all mean "cannot use this"

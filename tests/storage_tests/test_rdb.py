@@ -54,3 +54,42 @@ def test_postgres_storage_round_trips_a_multi_objective_study(postgres_url: str)
     assert frozen.values == [0.9, 1.5]
     assert frozen.user_attrs["latency"]["ci_ms"] == [1.4, 1.6]
     assert frozen.constraints == {"accuracy_drop": -0.01}
+
+
+def test_a_silent_postgres_server_ends_in_a_clear_error_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import threading
+    import time
+
+    # Accepts connections and never answers: libpq waits for the server's first message.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    monkeypatch.setenv("LEPTON_PG_CONNECT_TIMEOUT_S", "2")
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageError, match=r"Cannot open storage 'postgresql\+psycopg://u:\*\*\*@127\.0\.0\.1"):
+            get_storage(f"postgresql://u:secret@127.0.0.1:{server.getsockname()[1]}/db")
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+    assert time.monotonic() - started < 20
+    assert accepted, "the driver connected to the silent server"
+
+
+def test_postgres_timeouts_have_defaults_the_url_and_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lepton_search.storage._rdb import postgres_connect_args
+
+    args = postgres_connect_args("postgresql+psycopg://u@h/db")
+    assert args["connect_timeout"] == 10 and args["options"] == "-c statement_timeout=300000"
+    assert "connect_timeout" not in postgres_connect_args("postgresql+psycopg://u@h/db?connect_timeout=3")
+    monkeypatch.setenv("LEPTON_PG_STATEMENT_TIMEOUT_S", "0")
+    assert postgres_connect_args("postgresql+psycopg://u@h/db")["options"] == "-c statement_timeout=0"
+    monkeypatch.setenv("LEPTON_PG_CONNECT_TIMEOUT_S", "soon")
+    with pytest.raises(StorageError, match=r"LEPTON_PG_CONNECT_TIMEOUT_S = 'soon' is not a whole number"):
+        postgres_connect_args("postgresql+psycopg://u@h/db")
