@@ -9,6 +9,10 @@ fixed seed re-proposes its first configurations (optuna issue 3255).
 needs a finite space: :func:`continuous_params` finds the parameters that would make it infinite,
 and :class:`AskTellBruteForceSampler` reports exhaustion through ``exhausted`` instead of calling
 ``study.stop()``, which only works inside ``study.optimize`` (the driver uses ask-and-tell).
+
+``tpe`` starts with a stratified design by default (``startup = "stratified"``,
+:class:`StratifiedStartupTPESampler`): its first ``n_startup_trials`` proposals cover every branch of
+the conditional space without repeats, instead of Optuna's independent random draws.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ class _Options(BaseModel):
 
 
 class TPEOptions(_Options):
+    # How the first n_startup_trials are proposed. "stratified" (StratifiedStartupTPESampler): every
+    # categorical parameter takes its least-used value so far among the study's trials, running ones
+    # included (so every precision, pruning method and distillation method appears early and a
+    # configuration is not repeated), and numeric ones fill their range; on the measured digits grid
+    # this lifted the HV ratio at 10% of the grid from 0.87 to above 0.92 (benchmarks/README.md,
+    # "Stratified start-up"). "random" is Optuna's own start-up (independent random draws, with
+    # repeats), the default before.
+    startup: Literal["stratified", "random"] = "stratified"
     n_startup_trials: int = Field(default=10, ge=0)
     n_ei_candidates: int = Field(default=24, ge=1)
     # Independent (Optuna 5's own multi-objective default) and a lighter prior than Optuna's 1.0:
@@ -97,9 +109,11 @@ def _tpe(o: TPEOptions, seed: int) -> optuna.samplers.BaseSampler:
         # test_tpe_defaults_are_the_benchmarked_ones fails when the argument stops taking effect.
         warnings.filterwarnings("ignore", message=".*prior_weight.*", category=FutureWarning)
         options = o.model_dump()
+        startup = options.pop("startup")
         if options["group"] is None:
             options["group"] = o.multivariate
-        return optuna.samplers.TPESampler(seed=seed, **options)
+        cls = _stratified_startup_tpe_class() if startup == "stratified" else optuna.samplers.TPESampler
+        return cls(seed=seed, **options)
 
 
 def _random(o: RandomOptions, seed: int) -> optuna.samplers.BaseSampler:
@@ -178,6 +192,140 @@ def _ask_tell_bruteforce_class() -> type:
 
         _BRUTEFORCE_CLASS = AskTellBruteForceSampler
     return _BRUTEFORCE_CLASS
+
+
+_STRATIFIED_TPE_CLASS: type | None = None
+
+# Trial states whose parameters count as used by the stratified start-up: everything already tried
+# or being tried (RUNNING: another worker's proposal in flight; WAITING: an enqueued configuration).
+_USED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+# A discrete numeric range with at most this many values is stratified value by value.
+_MAX_ENUMERATED_VALUES = 4096
+
+
+def _stratified_startup_tpe_class() -> type:
+    """:class:`StratifiedStartupTPESampler`, defined on first use so that importing this module does
+    not import Optuna."""
+    global _STRATIFIED_TPE_CLASS
+    if _STRATIFIED_TPE_CLASS is None:
+        import numpy as np
+        import optuna
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.trial import TrialState
+
+        used_states = tuple(TrialState[name] for name in _USED_STATES)
+
+        class StratifiedStartupTPESampler(optuna.samplers.TPESampler):
+            """``TPESampler`` whose start-up trials follow a stratified design over the conditional space.
+
+            Optuna's TPE draws its first ``n_startup_trials`` independently at random: in a small
+            conditional space that repeats configurations and can leave a branch (a precision, a
+            pruning or distillation method) untried until TPE takes over. Here, while fewer than
+            ``n_startup_trials`` trials are complete or pruned (TPE's own count, so the hand-over is
+            where TPE's would be), each parameter is chosen from the study's trials:
+
+            - a categorical parameter takes the value used least often so far among the trials that
+              have the parameter; ties go to the value that fewest trials share with this trial's
+              choices so far (so the configuration is new), then to the seeded RNG;
+            - a numeric parameter fills its range: with ``m`` values used so far, the range (log
+              scale where the parameter is) is cut into ``m + 1`` equal strata and the value is drawn
+              in a stratum that no used value falls in (sequential Latin-hypercube style); a discrete
+              range takes a least-used value, preferring one in an empty stratum.
+
+            The design is read from ``study.get_trials`` each time (running, waiting and failed trials
+            count as used), so a resumed study, a second sampler instance and parallel workers
+            continue it instead of starting over. Enqueued parameters and relative sampling are
+            Optuna's as usual; after the start-up this is Optuna's TPE unchanged (``constant_liar``
+            included).
+            """
+
+            def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
+                super().__init__(*args, seed=seed, **kwargs)
+                self._startup_rng = np.random.RandomState(seed)
+
+            def reseed_rng(self) -> None:
+                super().reseed_rng()
+                self._startup_rng.seed()
+
+            def in_startup(self, study: Any) -> bool:
+                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                return len(done) < self._n_startup_trials
+
+            def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+                if not self.in_startup(study):
+                    return super().sample_independent(study, trial, param_name, param_distribution)
+                used = []
+                for t in study.get_trials(deepcopy=False, states=used_states):
+                    if t.number == trial.number:
+                        continue
+                    params = t.params if t.state != TrialState.WAITING else t.system_attrs.get("fixed_params", {})
+                    if param_name in params:
+                        used.append(params)
+                if isinstance(param_distribution, CategoricalDistribution):
+                    return self._least_used(trial, param_name, list(param_distribution.choices), used, None)
+                return self._fill_range(trial, param_name, param_distribution, used)
+
+            def _least_used(
+                self, trial: Any, name: str, values: list[Any], used: list[dict[str, Any]], strata: Any
+            ) -> Any:
+                """The value used least, then shared least with this trial's choices so far, then (for
+                a numeric range, ``strata``: whether each value's stratum is taken) in an empty
+                stratum; the seeded RNG breaks what ties remain."""
+                prefix = trial.params
+                same_prefix = [p for p in used if all(p.get(k, _MISSING) == v for k, v in prefix.items())]
+                import os
+
+                mode = os.environ.get("LEPTON_STRAT_KEY", "prefix")
+                keys = []
+                for i, value in enumerate(values):
+                    pair = sum(p[name] == value and p.get(k, _MISSING) == v for p in used for k, v in prefix.items())
+                    marginal = sum(p[name] == value for p in used)
+                    full = sum(p[name] == value for p in same_prefix)
+                    tail = 0 if strata is None else int(strata[i])
+                    if mode == "pair":
+                        keys.append((marginal, pair, full, tail))
+                    else:
+                        keys.append((marginal, full, tail))
+                best = min(keys)
+                ties = [i for i, key in enumerate(keys) if key == best]
+                return values[ties[self._startup_rng.randint(len(ties))]]
+
+            def _fill_range(self, trial: Any, name: str, distribution: Any, used: list[dict[str, Any]]) -> Any:
+                low, high, log = distribution.low, distribution.high, distribution.log
+                to_unit = (
+                    (lambda x: (np.log(x) - np.log(low)) / (np.log(high) - np.log(low)))
+                    if log
+                    else (lambda x: (x - low) / (high - low))
+                )
+                n_strata = len(used) + 1
+                stratum = [min(int(to_unit(p[name]) * n_strata), n_strata - 1) for p in used]
+                taken = set(stratum)
+                step = distribution.step
+                if isinstance(distribution, IntDistribution) or step is not None:
+                    step = step or 1
+                    count = int(np.floor((high - low) / step + 1e-9)) + 1
+                    if count <= _MAX_ENUMERATED_VALUES:
+                        values = [round(low + k * step, 12) for k in range(count)]
+                        if isinstance(distribution, IntDistribution):
+                            values = [int(v) for v in values]
+                        in_taken = [min(int(to_unit(v) * n_strata), n_strata - 1) in taken for v in values]
+                        return self._least_used(trial, name, values, used, in_taken)
+                empty = [i for i in range(n_strata) if i not in taken]
+                u = (empty[self._startup_rng.randint(len(empty))] + self._startup_rng.uniform()) / n_strata
+                x = float(np.exp(np.log(low) + u * (np.log(high) - np.log(low)))) if log else low + u * (high - low)
+                x = min(max(x, low), high)
+                if isinstance(distribution, IntDistribution):
+                    return int(min(max(low + round((x - low) / step) * step, low), high))
+                if step is not None:
+                    return float(min(low + round((x - low) / step) * step, high))
+                assert isinstance(distribution, FloatDistribution)
+                return x
+
+        _STRATIFIED_TPE_CLASS = StratifiedStartupTPESampler
+    return _STRATIFIED_TPE_CLASS
+
+
+_MISSING = object()
 
 
 _SAMPLERS: dict[str, tuple[type[_Options], Callable[[Any, int], Any]]] = {

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
 
 from lepton_search.errors import ConfigError, UnknownNameError
+from lepton_search.search import load_study_file
 from lepton_search.search._samplers import (
     check_sampler_space,
     continuous_params,
@@ -31,7 +35,7 @@ EXPECTED_CLASSES = {
     "bruteforce": optuna.samplers.BruteForceSampler,
 }
 ALLOWED_OPTIONS = {
-    "tpe": ["n_startup_trials", "n_ei_candidates", "prior_weight", "multivariate", "group", "constant_liar"],
+    "tpe": ["startup", "n_startup_trials", "n_ei_candidates", "prior_weight", "multivariate", "group", "constant_liar"],
     "random": [],
     "nsga2": ["population_size", "crossover_prob", "swapping_prob"],
     "nsga3": ["population_size", "crossover_prob", "swapping_prob"],
@@ -70,9 +74,10 @@ def test_each_name_builds_a_working_optuna_sampler(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = create_sampler(name, {}, seed=7)
-    # bruteforce is a subclass that reports exhaustion instead of calling study.stop() (ask-and-tell).
+    # bruteforce is a subclass that reports exhaustion instead of calling study.stop() (ask-and-tell);
+    # tpe is a subclass whose start-up trials are stratified.
     assert type(sampler) is EXPECTED_CLASSES[name] or (
-        name == "bruteforce" and type(sampler).__bases__[0] is EXPECTED_CLASSES[name]
+        name in ("bruteforce", "tpe") and type(sampler).__bases__[0] is EXPECTED_CLASSES[name]
     )
     assert isinstance(sampler, optuna.samplers.BaseSampler)
     params = _run(sampler, space=_space_for(name))
@@ -279,3 +284,160 @@ def test_a_resumed_run_does_not_replay_the_first_runs_proposals() -> None:
     assert not set(first) & set(resumed)
     replayed = run(optuna.create_study(directions=["maximize", "minimize"]), run_seed(0, 0), 5)
     assert replayed == first  # what a fixed seed does: the check above can fail
+
+
+# --------------------------------------------------------------------------------------------
+# The stratified start-up of "tpe" (benchmarks/README.md, "Stratified start-up")
+
+QUICKSTART = Path(__file__).parents[2] / "studies" / "quickstart.toml"
+BRANCHES = {
+    "precision": {"fp32", "int8"},
+    "prune_method": {"none", "unstructured", "channel"},
+    "distill_method": {"none", "soft", "hard"},
+}
+
+
+def _quickstart() -> tuple[SearchSpace, dict]:
+    spec = load_study_file(QUICKSTART)
+    assert spec.sampler.name == "tpe"
+    return spec.space, dict(spec.sampler.options)
+
+
+def _ask_and_tell(study: optuna.Study, space: SearchSpace, n: int) -> list[str]:
+    """Asks ``n`` trials of ``space`` and tells each made-up values; returns their config hashes."""
+    hashes = []
+    for _ in range(n):
+        trial = study.ask()
+        config = space.suggest(trial)
+        hashes.append(config.config_hash)
+        study.tell(trial, [1.0 - config.pruning.ratio, 1.0 + config.distillation.epochs])
+    return hashes
+
+
+def _counts(trials: list, name: str) -> dict:
+    return Counter(t.params[name] for t in trials)
+
+
+def _balanced(trials: list) -> bool:
+    """Every branch value appears, and no value of a branch parameter twice more often than another."""
+    for name, values in BRANCHES.items():
+        counts = _counts(trials, name)
+        if set(counts) != values or max(counts.values()) - min(counts.values()) > 1:
+            return False
+    return True
+
+
+def test_tpe_starts_with_a_stratified_design_by_default() -> None:
+    stratified = create_sampler("tpe", {}, seed=0)
+    assert type(stratified).__name__ == "StratifiedStartupTPESampler"
+    assert isinstance(stratified, optuna.samplers.TPESampler)
+    assert type(create_sampler("tpe", {"startup": "random"}, seed=0)) is optuna.samplers.TPESampler
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_first_proposals_cover_every_branch_without_repeats(seed: int) -> None:
+    """On the quickstart's space, the first three proposals take every precision, pruning method and
+    distillation method; the whole start-up is balanced over them and repeats no configuration."""
+    space, options = _quickstart()
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=create_sampler("tpe", options, seed))
+    n_startup = options["n_startup_trials"]
+    hashes = _ask_and_tell(study, space, n_startup)
+    first = study.trials[:3]
+    for name, values in BRANCHES.items():
+        assert {t.params[name] for t in first} == values, (name, [t.params for t in first])
+    assert _balanced(study.trials)
+    assert len(set(hashes)) == n_startup
+
+
+def test_random_startup_does_not_cover_the_branches_so_the_check_can_fail() -> None:
+    """Optuna's random start-up (``startup = "random"``) misses a branch in its first three proposals on
+    most seeds: the coverage asserted above is the stratified design's doing."""
+    space, options = _quickstart()
+    covered = 0
+    for seed in range(5):
+        sampler = create_sampler("tpe", {**options, "startup": "random"}, seed)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        _ask_and_tell(study, space, 3)
+        covered += all({t.params[n] for t in study.trials} == v for n, v in BRANCHES.items())
+    assert covered < 5
+
+
+def test_a_resumed_study_continues_the_stratification() -> None:
+    """A second sampler instance (a resumed run, with its own seed) reads the design from the study's
+    trials and completes it instead of starting over."""
+    space, options = _quickstart()
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=create_sampler("tpe", options, seed=3))
+    first = _ask_and_tell(study, space, 4)
+    study.sampler = create_sampler("tpe", options, seed=run_seed(0, len(study.trials)))
+    resumed = _ask_and_tell(study, space, 4)
+    assert _balanced(study.trials)
+    assert len(set(first + resumed)) == 8
+
+
+def test_running_trials_count_as_used() -> None:
+    """Parallel workers: proposals in flight (not yet told) count, so three workers asking at once get
+    three different branches of each kind."""
+    space, options = _quickstart()
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=create_sampler("tpe", options, seed=1))
+    trials = [study.ask() for _ in range(3)]
+    configs = [space.suggest(t) for t in trials]
+    assert {c.pruning.method for c in configs} == BRANCHES["prune_method"]
+    assert {c.distillation.method for c in configs} == BRANCHES["distill_method"]
+    for trial in trials:
+        study.tell(trial, [1.0, 1.0])
+
+
+def test_after_the_startup_it_is_optunas_tpe_unchanged() -> None:
+    """Once ``n_startup_trials`` are complete, the next proposal is the one Optuna's own TPE (same seed
+    and options) makes from the same history."""
+    space, options = _quickstart()
+    sampler = create_sampler("tpe", options, seed=5)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    _ask_and_tell(study, space, options["n_startup_trials"])
+    assert not sampler.in_startup(study)
+    plain = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=create_sampler("tpe", {**options, "startup": "random"}, seed=5)
+    )
+    plain.add_trials(study.trials)
+    ours, theirs = study.ask(), plain.ask()
+    space.suggest(ours)
+    space.suggest(theirs)
+    assert ours.params == theirs.params
+
+
+def test_stratified_numeric_ranges_fill_their_strata() -> None:
+    """A numeric parameter fills its range: with m values used so far, the next falls in one of m + 1
+    equal strata that none of them is in (log scale for a log range). Random draws break this within
+    a few trials."""
+
+    def strata_respected(xs: list[float]) -> bool:
+        for m, x in enumerate(xs):
+            taken = {min(int(u * (m + 1)), m) for u in xs[:m]}
+            if min(int(x * (m + 1)), m) in taken:
+                return False
+        return True
+
+    for startup, expected in (("stratified", True), ("random", False)):
+        sampler = create_sampler("tpe", {"n_startup_trials": 12, "startup": startup}, seed=2)
+        study = optuna.create_study(sampler=sampler)
+        for _ in range(12):
+            trial = study.ask()
+            x = trial.suggest_float("x", 0.0, 1.0)
+            y = trial.suggest_float("y", 1.0, 100.0, log=True)
+            study.tell(trial, x + y)
+        xs = [t.params["x"] for t in study.trials]
+        ys = [math.log(t.params["y"], 100.0) for t in study.trials]
+        assert strata_respected(xs) is expected and strata_respected(ys) is expected, startup
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"startup": "latin"}, "Sampler 'tpe': startup = 'latin': Input should be 'stratified' or 'random'"),
+        ({"startup": True}, "startup = True: Input should be 'stratified' or 'random'"),
+    ],
+)
+def test_bad_startup_is_a_config_error(options: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_sampler("tpe", options, seed=0)
+    assert expected in str(info.value)
