@@ -149,3 +149,37 @@ def test_optuna_loads_the_fabricated_study(study_file: Path, tmp_path: Path) -> 
     # Guards the fixture: the trial the tests above export is really there.
     study = optuna.load_study(study_name="test-study", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_a_read_only_artifact_store_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    # Root writes through permission bits, so as root the run drops to nobody (setpriv), for whom
+    # the directory really is read-only; any other user meets the bits as they are.
+    workdir = Path(tempfile.mkdtemp(prefix="lepton-readonly-"))
+    try:
+        workdir.chmod(0o777)
+        (workdir / "artifacts" / "optuna").mkdir(parents=True)
+        (workdir / "artifacts").chmod(0o555)
+        (workdir / "artifacts" / "optuna").chmod(0o555)
+        study = write_toml(workdir / "study.toml", study_dict(workdir, workdir / "artifacts"))
+        command = [sys.executable, "-m", "lepton_search", "run", str(study), "--no-progress"]
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.fail("running as root, this test needs setpriv (util-linux) to act as an unprivileged user")
+            command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        env = {**os.environ, "HOME": str(workdir)}
+        proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == EXIT_ERROR, proc.stderr
+        assert "Cannot write to the artifact directory" in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (workdir / "study.db").exists()  # refused before the study was created
+    finally:
+        (workdir / "artifacts").chmod(0o755)
+        (workdir / "artifacts" / "optuna").chmod(0o755)
+        shutil.rmtree(workdir, ignore_errors=True)

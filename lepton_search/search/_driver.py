@@ -176,6 +176,30 @@ def open_study(spec: StudySpec, locations: Locations, *, create: bool = True, se
     return study
 
 
+def study_exists(spec: StudySpec, locations: Locations) -> bool:
+    """Whether the study named in ``spec`` is already in its storage (never creates anything)."""
+    from lepton_search.storage import sqlite_path
+
+    path = sqlite_path(locations.storage_url)
+    if path is not None and not path.is_file():
+        return False
+    storage = get_storage(locations.storage_url, create=False)
+    return spec.study.name in {s.study_name for s in storage.get_all_studies()}
+
+
+def discard_unstarted_study(study: optuna.Study, locations: Locations) -> None:
+    """Deletes ``study``, which this run created, if it holds no completed or running trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        return
+    try:
+        optuna.delete_study(study_name=study.study_name, storage=get_storage(locations.storage_url))
+    except Exception as e:  # the original error matters more; say why the study stayed
+        logger.warning("could not remove study %r after its start failed: %s", study.study_name, e)
+
+
 def study_hardware(study: optuna.Study) -> SpaceHardware:
     """The CPU ``study``'s space decides for: the one recorded when it was created, or, for a
     study created before that was recorded, the decisions of that version (:meth:`SpaceHardware.legacy`)."""
@@ -1144,17 +1168,26 @@ def run_study(
     summary = RunSummary(study_name=spec.study.name)
 
     check_sampler_space(spec.sampler.name, spec.space.suggest)  # before anything is written
+    artifact_store = get_artifact_store(locations.artifact_dir)  # refuses an unwritable store
+    existed = study_exists(spec, locations)
     study = open_study(spec, locations)
-    spec = with_study_hardware(spec, study)
-    artifact_store = get_artifact_store(locations.artifact_dir)
-    summary.warm_started = warm_start(study, spec, locations.storage_url)
-    summary.recipes_queued = queue_recipes(study, spec)
-    summary.orphans_requeued = requeue_orphans(
-        study,
-        "orphaned: the driver stopped before this trial finished (killed or crashed); its parameters were queued again",
-    )
-    request = base_request(spec, locations)
-    baseline = ensure_baseline(study, request)
+    try:
+        spec = with_study_hardware(spec, study)
+        summary.warm_started = warm_start(study, spec, locations.storage_url)
+        summary.recipes_queued = queue_recipes(study, spec)
+        summary.orphans_requeued = requeue_orphans(
+            study,
+            "orphaned: the driver stopped before this trial finished (killed or crashed); its parameters were queued "
+            "again",
+        )
+        request = base_request(spec, locations)
+        baseline = ensure_baseline(study, request)
+    except BaseException:
+        if not existed:
+            # A start that failed (a task that does not build, a missing warm-start study) leaves no
+            # half-made study for the next run to resume: nothing was evaluated.
+            discard_unstarted_study(study, locations)
+        raise
     done_before = counted_trials(study)
     remaining = None if total is None else max(total - done_before, 0)
     notify(

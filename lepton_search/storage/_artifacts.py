@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,22 @@ def get_artifact_store(directory: str | Path, *, create: bool = True) -> FileSys
         (path / "optuna").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StorageError(f"Cannot create artifact directory {str(path)!r}: {e}.") from e
+    _probe_writable(path / "optuna")
     return FileSystemArtifactStore(str(path / "optuna"))
+
+
+def _probe_writable(directory: Path) -> None:
+    # Every trial uploads its model here; finding out at the first upload would fail that trial
+    # and leave the driver to stop mid-run. A byte written and removed finds out before any trial.
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-") as probe:
+            probe.write(b"\0")
+            probe.flush()
+    except OSError as e:
+        raise StorageError(
+            f"Cannot write to the artifact directory {str(directory.parent)!r}: {e.strerror or e}. Every trial uploads "
+            "its model there: make it writable (or free space on its disk), or pass another --artifacts directory."
+        ) from e
 
 
 def safe_name(name: str) -> str:

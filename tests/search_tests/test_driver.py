@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lepton_search.errors import ConfigError
+from lepton_search.errors import ConfigError, TaskError
 from lepton_search.search import Locations, frontier, parse_study, run_study, write_report
 from lepton_search.search._attrs import DUPLICATE_OF
 from lepton_search.search._driver import counted_trials, open_study
@@ -442,3 +442,11 @@ def test_a_tie_groups_simpler_core_is_evaluated_before_the_run_ends(tmp_path: Pa
     assert study.user_attrs["lepton:accuracy_resolution"] == pytest.approx(1 / 360, rel=0.5)
     again = run_study(spec, locations=locations, n_trials=4)
     assert again.tie_cores == 0  # evaluated once, never queued again
+
+
+def test_a_start_that_fails_leaves_no_study_behind(tmp_path: Path, artifacts: Path) -> None:
+    # The task rejects its options when the driver builds it: after the study was created.
+    broken, locations = _spec_and_locations(tmp_path, artifacts, study={"task_options": {"nope": 1}})
+    with pytest.raises(TaskError, match="rejected its options"):
+        run_study(broken, locations=locations)
+    assert optuna.get_all_study_names(locations.storage_url) == []
