@@ -24,6 +24,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from lepton_search.search._driver import counts_toward_budget
 from lepton_search.testing import study_dict, write_toml
 
 
@@ -81,7 +82,9 @@ def main() -> int:
     study = optuna.load_study(study_name="test-study", storage=storage)
     now = _completed(storage)
     lost += sum(1 for number, values in seen.items() if now.get(number) != values)
-    counted = [t for t in study.trials if not t.user_attrs.get("requeued")]
+    # The driver's own rule: re-queued orphans, repeats served from the cache and tie-group cores
+    # evaluated after the budget are not evaluations of the budget.
+    counted = [t for t in study.trials if t.state.is_finished() and counts_toward_budget(t)]
     unexplained = [t.number for t in counted if t.state == TrialState.FAIL and not t.user_attrs.get("fail_reason")] + [
         t.number for t in study.trials if not t.state.is_finished()
     ]
@@ -91,6 +94,8 @@ def main() -> int:
         "completed": sum(1 for t in counted if t.state == TrialState.COMPLETE),
         "failed_with_reason": sum(1 for t in counted if t.state == TrialState.FAIL),
         "orphans_requeued": sum(1 for t in study.trials if t.user_attrs.get("requeued")),
+        "served_from_cache": sum(1 for t in study.trials if "duplicate_of" in t.user_attrs),
+        "tie_cores": sum(1 for t in study.trials if "tie_core_of" in t.user_attrs),
         "lost_completed": lost,
         "unexplained": len(unexplained),
         "kills": kills,

@@ -294,13 +294,16 @@ def requeue_orphans(study: optuna.Study, reason: str) -> int:
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Finished trials that count against the budget: evaluations. Re-queued orphans and repeated
-    proposals served from the cache (``duplicate_of``) do not count."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and not t.user_attrs.get(REQUEUED) and DUPLICATE_OF not in t.user_attrs
-    )
+    """Finished trials that count against the budget: evaluations. Re-queued orphans, repeated
+    proposals served from the cache (``duplicate_of``) and the tie groups' cores evaluated after
+    the budget (``tie_core_of``) do not count."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished() and counts_toward_budget(t))
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` is one of the budget's evaluations (see :func:`counted_trials`)."""
+    attrs = trial.user_attrs
+    return not attrs.get(REQUEUED) and DUPLICATE_OF not in attrs and TIE_CORE_OF not in attrs
 
 
 def evaluated_configs(study: optuna.Study) -> dict[str, tuple[int, str | None]]:
