@@ -24,3 +24,7 @@ FAIL_REASON = "fail_reason"
 REQUEUED = "requeued"
 #: On a repeated proposal served from the cache: the number of the trial that was evaluated.
 DUPLICATE_OF = "duplicate_of"
+# Trial user attributes: the driver that asked for the trial (``storage.StudyCoordination``), and,
+# on a proposal waiting for another driver's evaluation of its configuration, that trial's number.
+DRIVER = "driver"
+WAITS_FOR = "waits_for"

@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ from lepton_search.objectives._compress import canonical_config
 from lepton_search.objectives._evaluate import load_task
 from lepton_search.objectives._latency import DEFAULT_NOISE_BAND
 from lepton_search.search._attrs import (
+    DRIVER,
     DUPLICATE_OF,
     FAIL_REASON,
     REMEASURED_PREFIX,
@@ -60,6 +61,7 @@ from lepton_search.search._attrs import (
     STUDY_OBJECTIVES_ATTR,
     STUDY_SPEC_ATTR,
     TIE_CORE_OF,
+    WAITS_FOR,
 )
 from lepton_search.search._executor import RayExecutor, describe_failure, gpus_per_trial
 from lepton_search.search._frontier import hypervolume, reference_point
@@ -71,6 +73,7 @@ from lepton_search.storage import (
     DEFAULT_ARTIFACT_DIR,
     DEFAULT_STORAGE_URL,
     ResultCache,
+    StudyCoordination,
     cache_key,
     get_artifact_store,
     get_storage,
@@ -278,11 +281,16 @@ def queue_recipes(study: optuna.Study, spec: StudySpec) -> int:
     return queued
 
 
-def requeue_orphans(study: optuna.Study, reason: str) -> int:
-    """Fails every RUNNING trial with ``reason`` and queues its parameters again."""
+def requeue_orphans(study: optuna.Study, reason: str, *, alive: Collection[str] = ()) -> int:
+    """Fails every RUNNING trial with ``reason`` and queues its parameters again, except the trials
+    of the drivers in ``alive`` (other drivers running the study now, whose trials are theirs)."""
     from optuna.trial import TrialState
 
-    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    orphans = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get(DRIVER) not in alive
+    ]
     for trial in orphans:
         storage = study._storage
         storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
@@ -703,7 +711,8 @@ def evaluate_tie_cores(run: _Run) -> int:
     if queued:
         run.notify("tie-cores", {"queued": queued})
         run.remaining = run.submitted + queued
-        run.deadline = None  # the budget is spent; these few trials finish what it found
+        # The budget is spent; these few trials, outside it, finish what it found.
+        run.deadline = run.total = None
         run.loop()
     return queued
 
@@ -726,8 +735,14 @@ class _Run:
         deadline: float | None,
         summary: RunSummary,
         notify: ProgressCallback,
+        coordination: StudyCoordination | None = None,
+        total: int | None = None,
     ) -> None:
         self.spec, self.study, self.executor = spec, study, executor
+        # Shared with other drivers of the study: the claims, and the budget across all of them.
+        self.coordination, self.total = coordination, total
+        # Config hash -> (the other driver's trial evaluating it, the proposals waiting for it).
+        self.foreign: dict[str, tuple[int, list[Any]]] = {}
         self.request, self.artifact_store, self.cache = request, artifact_store, cache
         self.baseline, self.max_workers = baseline, max_workers
         self.remaining, self.deadline = remaining, deadline
@@ -757,13 +772,39 @@ class _Run:
             return False
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return False
+        if self.total is not None and self.coordination is not None and self.study_budget_spent():
+            return False
         return not self.only_queued or bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
+    def study_budget_spent(self) -> bool:
+        """Whether the evaluations of every driver of the study, finished and running, fill the
+        budget (``total``): a driver that runs beside others stops when they have it covered."""
+        from optuna.trial import TrialState
+
+        assert self.total is not None
+        trials = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
+        )
+        # A RUNNING trial is an evaluation once it holds a configuration and waits for no other.
+        busy = sum(
+            1
+            for t in trials
+            if counts_toward_budget(t)
+            and (t.state.is_finished() or ("config" in t.user_attrs and WAITS_FOR not in t.user_attrs))
+        )
+        return busy >= self.total
+
     def loop(self) -> None:
-        while self.inflight or self.may_submit():
+        while self.inflight or self.foreign or self.may_submit():
             while len(self.inflight) < self.max_workers and self.may_submit():
                 self.submit_next()
+            if self.coordination is not None:
+                self.coordination.heartbeat()
+            self.settle_foreign()
             if not self.inflight:
+                if self.foreign:
+                    time.sleep(1.0)  # another driver is evaluating what this one waits for
+                    continue
                 break
             for ref in self.executor.wait(list(self.inflight), timeout=1.0):
                 self.collect(ref, self.inflight.pop(ref))
@@ -771,6 +812,8 @@ class _Run:
 
     def submit_next(self) -> None:
         trial = self.study.ask()
+        if self.coordination is not None:
+            trial.set_user_attr(DRIVER, self.coordination.driver_id)
         try:
             config = self.spec.space.suggest(trial)
         except SamplerSpaceError as e:  # the sampler cannot search this space: no later trial could either
@@ -788,7 +831,7 @@ class _Run:
             # proposal is served as the configuration it equals (from the cache, if evaluated).
             trial.set_user_attr("proposed_config", config.to_dict())
             config = canonical
-        if self.serve_repeat(trial, config):
+        if self.serve_repeat(trial, config) or self.wait_for_other_driver(trial, config):
             return
         self.repeats = 0
         self.submitted += 1
@@ -803,6 +846,60 @@ class _Run:
             self.request, config_json=config.to_json(), seed=self.spec.study.seed + trial.number
         )
         self.inflight[self.executor.submit(request, owner)] = _InFlight(trial, config, owner, time.monotonic())
+
+    def wait_for_other_driver(self, trial: Any, config: CompressionConfig) -> bool:
+        """Claims ``config`` for ``trial``; returns True when another driver's trial holds the claim
+        (then ``trial`` takes that trial's result, served from the cache, once it has one). A claim
+        whose trial failed is taken over, and ``config`` is evaluated here."""
+        from optuna.trial import TrialState
+
+        if self.coordination is None:
+            return False
+        config_hash = config.config_hash
+        holder = self.coordination.claim(config_hash, trial.number)
+        while holder is not None:
+            state = self.trial_state(holder)
+            if state == TrialState.COMPLETE:
+                self.evaluated = evaluated_configs(self.study)
+                if config_hash in self.evaluated and self.serve_duplicate(trial, config):
+                    return True
+                state = TrialState.FAIL  # its result is gone: evaluate the configuration again
+            if state in (TrialState.RUNNING, TrialState.WAITING):
+                trial.set_user_attr("config", config.to_dict())
+                trial.set_user_attr(WAITS_FOR, holder)
+                self.foreign.setdefault(config_hash, (holder, []))[1].append(trial)
+                return True
+            if self.coordination.take_over(config_hash, holder, trial.number):
+                return False
+            holder = self.coordination.claim(config_hash, trial.number)
+        return False
+
+    def trial_state(self, number: int) -> Any:
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        return storage.get_trial(trial_id).state
+
+    def settle_foreign(self) -> None:
+        """Serves the proposals that wait for other drivers' evaluations that have finished."""
+        from optuna.trial import TrialState
+
+        for config_hash, (holder, trials) in list(self.foreign.items()):
+            state = self.trial_state(holder)
+            if not state.is_finished():
+                continue
+            del self.foreign[config_hash]
+            self.evaluated = evaluated_configs(self.study)
+            for trial in trials:
+                config = CompressionConfig.from_dict(trial.user_attrs["config"])
+                if (
+                    state == TrialState.COMPLETE
+                    and config_hash in self.evaluated
+                    and self.serve_duplicate(trial, config)
+                ):
+                    continue
+                trial.set_user_attr(DUPLICATE_OF, holder)
+                fail_trial(self.study, trial, f"repeats trial {holder} of another driver, which did not complete")
+                self.summary.duplicates += 1
 
     def serve_repeat(self, trial: Any, config: CompressionConfig) -> bool:
         """Serves a proposal that repeats a configuration of this study without evaluating it again:
@@ -1174,7 +1271,14 @@ def run_study(
     artifact_store = get_artifact_store(locations.artifact_dir)  # refuses an unwritable store
     existed = study_exists(spec, locations)
     study = open_study(spec, locations)
+    coordination = StudyCoordination(locations.storage_url, spec.study.name)
     try:
+        others = coordination.register()
+        if others:
+            # Drivers that started on the same history would propose the same configurations.
+            study.sampler = create_sampler(
+                spec.sampler.name, spec.sampler.options, run_seed(spec.study.seed, len(study.trials), driver=others)
+            )
         spec = with_study_hardware(spec, study)
         summary.warm_started = warm_start(study, spec, locations.storage_url)
         summary.recipes_queued = queue_recipes(study, spec)
@@ -1182,10 +1286,12 @@ def run_study(
             study,
             "orphaned: the driver stopped before this trial finished (killed or crashed); its parameters were queued "
             "again",
+            alive=coordination.live_drivers(),
         )
         request = base_request(spec, locations)
         baseline = ensure_baseline(study, request)
     except BaseException:
+        coordination.finish()
         if not existed:
             # A start that failed (a task that does not build, a missing warm-start study) leaves no
             # half-made study for the next run to resume: nothing was evaluated.
@@ -1205,6 +1311,7 @@ def run_study(
         },
     )
     if remaining == 0 and not always_remeasure:
+        coordination.finish()
         summary.elapsed_s = time.monotonic() - started
         return summary
 
@@ -1227,6 +1334,8 @@ def run_study(
         deadline=started + budget.timeout_s if budget.timeout_s else None,
         summary=summary,
         notify=notify,
+        coordination=coordination,
+        total=total,
     )
     study.set_user_attr(STUDY_ACCURACY_RESOLUTION_ATTR, run.task.accuracy_resolution())
     context = _executor(executor) if own_executor else contextlib.nullcontext(executor)
@@ -1267,6 +1376,7 @@ def run_study(
         ) from None
     finally:
         cache.dispose()
+        coordination.finish()
     summary.elapsed_s = time.monotonic() - started
     return summary
 

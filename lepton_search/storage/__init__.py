@@ -7,6 +7,7 @@ from lepton_search.storage._artifacts import (
     safe_name,
 )
 from lepton_search.storage._cache import ResultCache, cache_key
+from lepton_search.storage._coordination import StudyCoordination
 from lepton_search.storage._ledger import RunLedger
 from lepton_search.storage._rdb import (
     DEFAULT_STORAGE_URL,
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_STORAGE_URL",
     "ResultCache",
     "RunLedger",
+    "StudyCoordination",
     "cache_key",
     "get_artifact_store",
     "get_storage",

@@ -48,4 +48,29 @@ frontier_snapshots = Table(
     UniqueConstraint("study_name", "run_date", name="uq_lepton_frontier_snapshots_study_date"),
 )
 
+#: Every driver running a study: its heartbeat tells the others that its RUNNING trials are alive.
+drivers = Table(
+    "lepton_drivers",
+    metadata,
+    Column("driver_id", String(36), primary_key=True),
+    Column("study_name", String(512), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+
+#: Which trial evaluates each configuration of a study: the uniqueness constraint is what keeps
+#: two drivers from evaluating one configuration twice.
+config_claims = Table(
+    "lepton_config_claims",
+    metadata,
+    Column("study_name", String(512), primary_key=True),
+    Column("config_hash", String(64), primary_key=True),
+    Column("trial_number", Integer, nullable=False),
+    Column("driver_id", String(36), nullable=False),
+    Column("claimed_at", Float, nullable=False),
+)
+
 VERSION_TABLE = "lepton_alembic_version"

@@ -26,9 +26,16 @@ def test_migrations_create_only_lepton_tables_beside_optunas(url: str) -> None:
     assert current_revision(engine) is None
     upgrade(engine)
     upgrade(engine)  # idempotent
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     added = set(inspect(engine).get_table_names()) - optuna_tables
-    assert added == {"lepton_alembic_version", "lepton_trial_cache", "lepton_nightly_runs", "lepton_frontier_snapshots"}
+    assert added == {
+        "lepton_alembic_version",
+        "lepton_trial_cache",
+        "lepton_nightly_runs",
+        "lepton_frontier_snapshots",
+        "lepton_drivers",
+        "lepton_config_claims",
+    }
     # Optuna still opens its storage and sees its own schema version untouched.
     optuna.create_study(storage=get_storage(url), study_name="still-fine")
     engine.dispose()
@@ -42,3 +49,28 @@ def test_result_cache_round_trips_and_first_writer_wins(url: str) -> None:
     assert cache.get("missing") is None
     assert len(cache) == 1
     cache.dispose()
+
+
+def test_drivers_that_start_together_migrate_once(url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    get_storage(url)
+    code = (
+        "import sys, time\n"
+        "from lepton_search.storage._migrate import engine_for, upgrade\n"
+        "engine = engine_for(sys.argv[1])\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"  # start together
+        "upgrade(engine)\n"
+    )
+    import time
+
+    start = str(time.time() + 3.0)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, url, start], stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, errors
+    engine = engine_for(url)
+    assert current_revision(engine) == "0002"
+    engine.dispose()

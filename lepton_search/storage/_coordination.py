@@ -1,0 +1,130 @@
+"""Several drivers on one study: who is alive, and which trial evaluates each configuration.
+
+Each ``lepton-search run`` registers as a driver and beats a heartbeat while it runs. A RUNNING
+trial belongs to the driver that asked for it; it is an orphan (to fail and queue again) only when
+that driver's heartbeat has stopped. Before evaluating a configuration, a driver claims it by
+config hash: the table's primary key lets exactly one claim of a configuration succeed, on SQLite
+and PostgreSQL alike, so a second driver that proposes it waits for the first one's result instead
+of evaluating it again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from lepton_search.storage._migrate import engine_for, upgrade
+from lepton_search.storage._tables import config_claims, drivers
+
+#: Seconds between heartbeats, and without one after which a driver counts as gone.
+HEARTBEAT_S = 5.0
+ALIVE_S = 60.0
+
+
+class StudyCoordination:
+    """One driver's registration on a study, its heartbeat and its configuration claims."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self._engine = engine_for(url)
+        upgrade(self._engine)
+        self.study_name = study_name
+        self.driver_id = str(uuid.uuid4())
+        self._last_beat = 0.0
+
+    def register(self) -> int:
+        """Registers this driver; returns how many other drivers of the study are alive (0 when it
+        runs alone), which makes its sampler's seed differ from theirs."""
+        now = time.time()
+        with self._engine.begin() as conn:
+            others = conn.execute(
+                select(func.count())
+                .select_from(drivers)
+                .where(
+                    drivers.c.study_name == self.study_name,
+                    drivers.c.finished_at.is_(None),
+                    drivers.c.heartbeat_at >= now - ALIVE_S,
+                )
+            ).scalar_one()
+            conn.execute(
+                insert(drivers).values(
+                    driver_id=self.driver_id,
+                    study_name=self.study_name,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+        self._last_beat = now
+        return int(others)
+
+    def heartbeat(self) -> None:
+        """Tells the other drivers this one is alive (at most every :data:`HEARTBEAT_S` seconds)."""
+        now = time.time()
+        if now - self._last_beat < HEARTBEAT_S:
+            return
+        with self._engine.begin() as conn:
+            conn.execute(update(drivers).where(drivers.c.driver_id == self.driver_id).values(heartbeat_at=now))
+        self._last_beat = now
+
+    def finish(self) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(update(drivers).where(drivers.c.driver_id == self.driver_id).values(finished_at=time.time()))
+        self._engine.dispose()
+
+    def live_drivers(self) -> set[str]:
+        """The drivers of this study, other than this one, whose heartbeat is recent."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(drivers.c.driver_id).where(
+                    drivers.c.study_name == self.study_name,
+                    drivers.c.finished_at.is_(None),
+                    drivers.c.heartbeat_at >= time.time() - ALIVE_S,
+                    drivers.c.driver_id != self.driver_id,
+                )
+            )
+            return {row[0] for row in rows}
+
+    def claim(self, config_hash: str, trial_number: int) -> int | None:
+        """Claims ``config_hash`` for trial ``trial_number``: ``None`` when the claim is this
+        trial's now, else the number of the trial that holds it."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(config_claims).values(
+                        study_name=self.study_name,
+                        config_hash=config_hash,
+                        trial_number=trial_number,
+                        driver_id=self.driver_id,
+                        claimed_at=time.time(),
+                    )
+                )
+            return None
+        except IntegrityError:
+            with self._engine.connect() as conn:
+                holder = conn.execute(
+                    select(config_claims.c.trial_number).where(
+                        config_claims.c.study_name == self.study_name, config_claims.c.config_hash == config_hash
+                    )
+                ).scalar_one()
+            return None if holder == trial_number else int(holder)
+
+    def take_over(self, config_hash: str, holder: int, trial_number: int) -> bool:
+        """Moves the claim of ``config_hash`` from trial ``holder`` (which failed) to
+        ``trial_number``; False when another driver moved it first."""
+        with self._engine.begin() as conn:
+            moved = conn.execute(
+                update(config_claims)
+                .where(
+                    config_claims.c.study_name == self.study_name,
+                    config_claims.c.config_hash == config_hash,
+                    config_claims.c.trial_number == holder,
+                )
+                .values(trial_number=trial_number, driver_id=self.driver_id, claimed_at=time.time())
+            )
+        return moved.rowcount == 1

@@ -1,0 +1,70 @@
+"""Cooperating drivers' bookkeeping: live drivers and one claim per configuration, on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from lepton_search.storage import StudyCoordination, get_storage
+from lepton_search.storage._coordination import ALIVE_S
+from lepton_search.storage._tables import drivers
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+        get_storage(url)
+        return url
+    return request.getfixturevalue("postgres_url")
+
+
+def test_one_claim_per_configuration_wins(url: str) -> None:
+    first, second = StudyCoordination(url, "s"), StudyCoordination(url, "s")
+    assert first.register() == 0 and second.register() == 1
+    assert first.claim("hash-a", 3) is None
+    assert first.claim("hash-a", 3) is None  # the holder claiming again
+    assert second.claim("hash-a", 7) == 3
+    assert StudyCoordination(url, "other-study").claim("hash-a", 1) is None  # claims are per study
+    # Trial 3 failed: one driver takes the claim over, and a second attempt finds it moved.
+    assert second.take_over("hash-a", 3, 7) and not first.take_over("hash-a", 3, 9)
+    assert first.claim("hash-a", 9) == 7
+    first.finish()
+    second.finish()
+
+
+def test_concurrent_claims_of_one_configuration_give_exactly_one_holder(url: str) -> None:
+    coordinators = [StudyCoordination(url, "s") for _ in range(4)]
+    results: list[int | None] = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        results[i] = coordinators[i].claim("hash-b", 100 + i)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1
+    assert all(r == 100 + winners[0] for r in results if r is not None)
+
+
+def test_a_driver_without_a_heartbeat_is_no_longer_alive(url: str) -> None:
+    gone, alive = StudyCoordination(url, "s"), StudyCoordination(url, "s")
+    gone.register()
+    alive.register()
+    assert alive.live_drivers() == {gone.driver_id}
+    with alive._engine.begin() as conn:  # the driver was killed a while ago
+        conn.execute(
+            update(drivers).where(drivers.c.driver_id == gone.driver_id).values(heartbeat_at=time.time() - ALIVE_S - 1)
+        )
+    assert alive.live_drivers() == set()
+    assert StudyCoordination(url, "s").register() == 1  # only `alive` counts
