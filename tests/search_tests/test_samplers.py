@@ -207,8 +207,9 @@ def test_tpe_defaults_are_the_benchmarked_ones() -> None:
     """benchmarks/README.md measured these defaults on the digits grid; change them only with new evidence
     (rerun benchmarks/search_efficiency.py and update the README's figures)."""
     sampler = create_sampler("tpe", {}, seed=0)
+    assert type(sampler).__name__ == "StratifiedStartupTPESampler"  # startup = "stratified"
     # Optuna keeps these as private attributes; reading them is the only way to see what it got.
-    assert sampler._n_startup_trials == 10
+    assert sampler._n_startup_trials == 6
     assert sampler._n_ei_candidates == 24
     assert sampler._parzen_estimator_parameters.prior_weight == 0.5
     assert sampler._multivariate is False
@@ -441,3 +442,20 @@ def test_bad_startup_is_a_config_error(options: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         create_sampler("tpe", options, seed=0)
     assert expected in str(info.value)
+
+
+def test_startup_reads_trials_from_another_range_or_sampler() -> None:
+    """Trials told with other ranges (a study resumed after its space changed) or with float noise on a
+    stepped range count where they fall, and break nothing."""
+    dist = optuna.distributions.FloatDistribution(0.1, 0.8, step=0.1)
+    study = optuna.create_study(sampler=create_sampler("tpe", {"n_startup_trials": 10}, seed=0))
+    wide = optuna.distributions.FloatDistribution(0.0, 5.0)
+    study.add_trial(optuna.trial.create_trial(params={"r": 4.0}, distributions={"r": wide}, value=1.0))
+    study.add_trial(optuna.trial.create_trial(params={"r": 0.30000000000000004}, distributions={"r": dist}, value=1.0))
+    proposed = []
+    for _ in range(6):
+        trial = study.ask()
+        proposed.append(round(trial.suggest_float("r", 0.1, 0.8, step=0.1), 6))
+        study.tell(trial, 0.0)
+    # 4.0 counts as 0.8 (the top of the range) and the noisy 0.3 as 0.3: neither is proposed again.
+    assert len(set(proposed)) == 6 and not {0.3, 0.8} & set(proposed), proposed
