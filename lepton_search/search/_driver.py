@@ -281,15 +281,20 @@ def queue_recipes(study: optuna.Study, spec: StudySpec) -> int:
     return queued
 
 
-def requeue_orphans(study: optuna.Study, reason: str, *, alive: Collection[str] = ()) -> int:
+def requeue_orphans(
+    study: optuna.Study, reason: str, *, alive: Collection[str] = (), only_known_drivers: bool = False
+) -> int:
     """Fails every RUNNING trial with ``reason`` and queues its parameters again, except the trials
-    of the drivers in ``alive`` (other drivers running the study now, whose trials are theirs)."""
+    of the drivers in ``alive`` (drivers running the study now, whose trials are theirs).
+    ``only_known_drivers`` leaves alone trials that name no driver yet (one just asked for, whose
+    driver is about to name itself): a running driver's periodic check passes it."""
     from optuna.trial import TrialState
 
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     orphans = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.user_attrs.get(DRIVER) not in alive
+        for t in running
+        if t.user_attrs.get(DRIVER) not in alive and not (only_known_drivers and DRIVER not in t.user_attrs)
     ]
     for trial in orphans:
         storage = study._storage
@@ -798,8 +803,8 @@ class _Run:
         while self.inflight or self.foreign or self.may_submit():
             while len(self.inflight) < self.max_workers and self.may_submit():
                 self.submit_next()
-            if self.coordination is not None:
-                self.coordination.heartbeat()
+            if self.coordination is not None and self.coordination.heartbeat():
+                self.requeue_dead_drivers_trials()
             self.settle_foreign()
             if not self.inflight:
                 if self.foreign:
@@ -846,6 +851,18 @@ class _Run:
             self.request, config_json=config.to_json(), seed=self.spec.study.seed + trial.number
         )
         self.inflight[self.executor.submit(request, owner)] = _InFlight(trial, config, owner, time.monotonic())
+
+    def requeue_dead_drivers_trials(self) -> None:
+        """Queues again the RUNNING trials of drivers that stopped while this one runs (killed on
+        another machine, say), so that what this driver waits for, and the budget, move on."""
+        assert self.coordination is not None
+        alive = {*self.coordination.live_drivers(), self.coordination.driver_id}
+        self.summary.orphans_requeued += requeue_orphans(
+            self.study,
+            "orphaned: its driver stopped (no heartbeat) before this trial finished; its parameters were queued again",
+            alive=alive,
+            only_known_drivers=True,
+        )
 
     def wait_for_other_driver(self, trial: Any, config: CompressionConfig) -> bool:
         """Claims ``config`` for ``trial``; returns True when another driver's trial holds the claim

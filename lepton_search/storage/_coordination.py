@@ -63,14 +63,16 @@ class StudyCoordination:
         self._last_beat = now
         return int(others)
 
-    def heartbeat(self) -> None:
-        """Tells the other drivers this one is alive (at most every :data:`HEARTBEAT_S` seconds)."""
+    def heartbeat(self) -> bool:
+        """Tells the other drivers this one is alive, at most every :data:`HEARTBEAT_S` seconds;
+        returns whether it did (the moment to look for drivers that stopped)."""
         now = time.time()
         if now - self._last_beat < HEARTBEAT_S:
-            return
+            return False
         with self._engine.begin() as conn:
             conn.execute(update(drivers).where(drivers.c.driver_id == self.driver_id).values(heartbeat_at=now))
         self._last_beat = now
+        return True
 
     def finish(self) -> None:
         with self._engine.begin() as conn:
@@ -78,17 +80,19 @@ class StudyCoordination:
         self._engine.dispose()
 
     def live_drivers(self) -> set[str]:
-        """The drivers of this study, other than this one, whose heartbeat is recent."""
+        """The drivers of this study, other than this one, whose heartbeat is recent and, on this
+        host, whose process still runs (a driver killed here a second ago is not alive)."""
+        host = socket.gethostname()[:255]
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(drivers.c.driver_id).where(
+                select(drivers.c.driver_id, drivers.c.host, drivers.c.pid).where(
                     drivers.c.study_name == self.study_name,
                     drivers.c.finished_at.is_(None),
                     drivers.c.heartbeat_at >= time.time() - ALIVE_S,
                     drivers.c.driver_id != self.driver_id,
                 )
-            )
-            return {row[0] for row in rows}
+            ).all()
+        return {driver_id for driver_id, where, pid in rows if where != host or _process_runs(pid)}
 
     def claim(self, config_hash: str, trial_number: int) -> int | None:
         """Claims ``config_hash`` for trial ``trial_number``: ``None`` when the claim is this
@@ -128,3 +132,13 @@ class StudyCoordination:
                 .values(trial_number=trial_number, driver_id=self.driver_id, claimed_at=time.time())
             )
         return moved.rowcount == 1
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True

@@ -68,3 +68,19 @@ def test_a_driver_without_a_heartbeat_is_no_longer_alive(url: str) -> None:
         )
     assert alive.live_drivers() == set()
     assert StudyCoordination(url, "s").register() == 1  # only `alive` counts
+
+
+def test_a_driver_killed_on_this_host_is_not_alive_even_with_a_fresh_heartbeat(url: str) -> None:
+    import subprocess
+    import sys
+
+    # A driver that registers and dies at once (as under SIGKILL): it never says it finished.
+    code = (
+        "import sys\n"
+        "from lepton_search.storage import StudyCoordination\n"
+        "StudyCoordination(sys.argv[1], 's').register()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, url], check=True, timeout=60)
+    survivor = StudyCoordination(url, "s")
+    assert survivor.register() == 1  # its heartbeat is fresh...
+    assert survivor.live_drivers() == set()  # ...but its process is gone
