@@ -45,7 +45,7 @@ def test_load_validates_the_study_file_and_names_it(tmp_path: Path) -> None:
     assert study.name == "digits-quickstart"
     assert "sqlite" not in repr(study)  # a storage URL may hold a password
     bad = tmp_path / "bad.toml"
-    bad.write_text((ROOT / "studies" / "quickstart.toml").read_text().replace("n_trials = 24", "n_trials = -1"))
+    bad.write_text((ROOT / "studies" / "quickstart.toml").read_text().replace("n_trials = 20", "n_trials = -1"))
     with pytest.raises(ConfigError, match="n_trials"):
         lepton_search.load(bad)
 

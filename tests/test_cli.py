@@ -27,8 +27,8 @@ BAD_STUDIES = [
         ["space.pruning.ratio = [0.1, 1.5]", "0 < low <= high <= 0.9"],
     ),
     ("negative-seed", "seed = 0", "seed = -1", ["study.seed = -1", "greater than or equal to 0"]),
-    ("boolean-n-trials", "n_trials = 24", "n_trials = true", ["budget.n_trials = True", "valid integer"]),
-    ("string-n-trials", "n_trials = 24", 'n_trials = "3"', ["budget.n_trials = '3'", "valid integer"]),
+    ("boolean-n-trials", "n_trials = 20", "n_trials = true", ["budget.n_trials = True", "valid integer"]),
+    ("string-n-trials", "n_trials = 20", 'n_trials = "3"', ["budget.n_trials = '3'", "valid integer"]),
     (
         "unknown-task",
         'task = "digits-cnn"',
@@ -59,7 +59,7 @@ def test_validate_ok_with_cli_runner() -> None:
     first, *decided = result.output.splitlines()
     assert first == (
         f"{QUICKSTART}: OK (study 'digits-quickstart', task 'digits-cnn', objectives "
-        "['accuracy', 'latency_ms'], sampler 'tpe', 24 trials)"
+        "['accuracy', 'latency_ms'], sampler 'tpe', 20 trials)"
     )
     assert decided[0].startswith("Decided for this CPU (")  # the hardware decisions: tests/test_cli_hardware.py
 

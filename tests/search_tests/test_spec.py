@@ -119,7 +119,7 @@ def test_mistyped_section_suggests_the_right_one(tmp_path: Path) -> None:
 
 
 def test_mistyped_key_suggests_the_right_one(tmp_path: Path) -> None:
-    message = _error(_variant(tmp_path, "n_trials = 24", "n_trails = 24"))
+    message = _error(_variant(tmp_path, "n_trials = 20", "n_trails = 20"))
     assert "budget.n_trails: unknown key" in message
     assert "Did you mean 'n_trials'?" in message
     assert "n_trials, timeout_s, workers, trial_timeout_s" in message
@@ -230,7 +230,7 @@ def test_empty_objectives(tmp_path: Path) -> None:
 
 
 def test_toml_syntax_error(tmp_path: Path) -> None:
-    path = _variant(tmp_path, "n_trials = 24", "n_trials = = 24")
+    path = _variant(tmp_path, "n_trials = 20", "n_trials = = 20")
     message = _error(path)
     assert f"{path} is not valid TOML" in message
     assert "line" in message
