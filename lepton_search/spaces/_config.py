@@ -725,8 +725,13 @@ class CompressionConfig:
             parts.append(f"{_SHORT_PRUNING.get(pr.method, pr.method)} {pr.ratio:.0%}")
         if self.distillation.method != "none":
             parts.append(f"{self.distillation.method} KD")
-        if self.graph.rewrites_graph:
+        g = self.graph
+        if g.fusion is not None:
             parts.append("fused")
+        if g.skip_layer_norm == "unfused":
+            parts.append("unfused LN")
+        if g.optimization_level is not None:
+            parts.append(f"ORT {g.optimization_level}")
         d = self.deployment
         where = [f"b{d.batch_size}" if d.batch_size is not None else "", f"t{d.threads}" if d.threads else ""]
         label = " + ".join(parts)

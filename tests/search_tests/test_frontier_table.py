@@ -9,7 +9,14 @@ from rich.console import Console
 
 from lepton_search.search._progress import frontier_table
 from lepton_search.search._ties import groups_json
-from lepton_search.spaces import CompressionConfig, DeploymentConfig, DistillConfig, PruneConfig, QuantizeConfig
+from lepton_search.spaces import (
+    CompressionConfig,
+    DeploymentConfig,
+    DistillConfig,
+    GraphConfig,
+    PruneConfig,
+    QuantizeConfig,
+)
 
 INT8 = QuantizeConfig("int8", int8_mode="static", calibration_method="percentile", calibration_batches=8)
 NAMES = ["accuracy", "latency_ms", "cost_usd_per_million"]
@@ -100,3 +107,5 @@ def test_short_labels_name_every_technique() -> None:
     )
     assert config.short_label() == "int8 + channel 50% + soft KD @b32 t2"
     assert CompressionConfig().short_label() == "fp32"
+    unfused = CompressionConfig(quantization=QuantizeConfig("int8", int8_mode="dynamic"), graph=GraphConfig(skip_layer_norm="unfused"))
+    assert unfused.short_label() == "int8 dyn + unfused LN"
