@@ -107,5 +107,7 @@ def test_short_labels_name_every_technique() -> None:
     )
     assert config.short_label() == "int8 + channel 50% + soft KD @b32 t2"
     assert CompressionConfig().short_label() == "fp32"
-    unfused = CompressionConfig(quantization=QuantizeConfig("int8", int8_mode="dynamic"), graph=GraphConfig(skip_layer_norm="unfused"))
+    unfused = CompressionConfig(
+        quantization=QuantizeConfig("int8", int8_mode="dynamic"), graph=GraphConfig(skip_layer_norm="unfused")
+    )
     assert unfused.short_label() == "int8 dyn + unfused LN"
