@@ -61,14 +61,18 @@ def _console() -> Any:
 
 @cli.command()
 @study_argument
-def validate(study_file: str) -> None:
-    """Check STUDY_FILE without running it."""
-    from lepton_search.search import load_study_file
+@storage_option
+@click.option("--offline", is_flag=True, help="Skip the checks that reach the storage (a database server).")
+def validate(study_file: str, storage: str | None, offline: bool) -> None:
+    """Check STUDY_FILE without running it: the file, the space on this CPU, and what `run` would
+    refuse at once (the sampler on this space, the task's module, the storage, warm-start studies)."""
+    from lepton_search.search import Locations, load_study_file, preflight
     from lepton_search.spaces import SpaceHardware
 
     spec = load_study_file(study_file)
     hardware = SpaceHardware.detect()
     space = spec.space.for_hardware(hardware)  # raises ConfigError with the reason if nothing is left here
+    preflight(spec, Locations.resolve(spec, storage).storage_url, offline=offline)
     click.echo(
         f"{study_file}: OK (study {spec.study.name!r}, task {spec.study.task!r}, objectives "
         f"{spec.objective_names}, sampler {spec.sampler.name!r}, {spec.budget.n_trials} trials)"

@@ -7,6 +7,7 @@ from lepton_search.search._executor import RayExecutor
 from lepton_search.search._export import export_trial
 from lepton_search.search._frontier import frontier, frontier_records
 from lepton_search.search._nightly import run_nightly
+from lepton_search.search._preflight import preflight
 from lepton_search.search._progress import ProgressReporter, frontier_table
 from lepton_search.search._record import LatencyRecord, TrialRecord
 from lepton_search.search._report import write_report
@@ -31,6 +32,7 @@ __all__ = [
     "load_existing_study",
     "load_study_file",
     "parse_study",
+    "preflight",
     "run_nightly",
     "run_study",
     "serve_dashboard",
