@@ -70,8 +70,9 @@ def test_quickstart_contents() -> None:
     assert spec.directions == ["maximize", "minimize"]
     assert spec.constraints.max_accuracy_drop == 0.05
     assert spec.sampler.name == "tpe"
-    assert spec.sampler.options == {"n_startup_trials": 8}
-    assert (spec.budget.n_trials, spec.budget.workers, spec.budget.trial_timeout_s) == (24, 2, 300)
+    assert spec.sampler.options == {}  # the benchmarked defaults
+    assert (spec.budget.n_trials, spec.budget.workers, spec.budget.trial_timeout_s) == (20, 2, 300)
+    assert len(spec.recipe_configs) == 3
     assert spec.space.quantization.int8_mode == ["static"]
     assert spec.space.pruning.ratio == (0.1, 0.75)
     assert spec.space.distillation.epochs == (1, 5)
@@ -286,13 +287,13 @@ def test_unknown_sampler_lists_known_samplers(tmp_path: Path) -> None:
 
 
 def test_unknown_sampler_option_lists_allowed_options(tmp_path: Path) -> None:
-    message = _error(_variant(tmp_path, "n_startup_trials = 8", "n_startup = 8"))
+    message = _error(_variant(tmp_path, 'name = "tpe"', 'name = "tpe"\n[sampler.options]\nn_startup = 8'))
     assert "unknown option 'n_startup'" in message
     assert "n_startup_trials" in message
 
 
 def test_sampler_seed_option_points_to_study_seed(tmp_path: Path) -> None:
-    message = _error(_variant(tmp_path, "n_startup_trials = 8", "seed = 3"))
+    message = _error(_variant(tmp_path, 'name = "tpe"', 'name = "tpe"\n[sampler.options]\nseed = 3'))
     assert "sampler.options.seed is not an option" in message
     assert "[study].seed" in message
 
