@@ -71,7 +71,7 @@ def test_version_and_help_with_cli_runner() -> None:
     assert version.output.strip() == f"lepton-search, version {__version__}"
     help_result = runner.invoke(cli, ["validate", "--help"])
     assert help_result.exit_code == 0
-    assert "Check STUDY_FILE without running it." in help_result.output
+    assert "Check STUDY_FILE without running it" in help_result.output
 
 
 def test_cli_group_itself_does_not_catch_config_errors(tmp_path: Path) -> None:

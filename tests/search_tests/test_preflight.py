@@ -40,11 +40,11 @@ def test_a_task_module_that_does_not_exist_is_refused(tmp_path: Path, capsys: py
 def test_bruteforce_on_a_continuous_space_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     space = {
         "quantization": {"precision": ["fp32"]},
-        "pruning": {"method": ["unstructured"], "ratio": [0.1, 0.5]},
-        "distillation": {"method": ["none"]},
+        "pruning": {"method": ["channel"], "ratio": [0.1, 0.5]},
+        "distillation": {"method": ["soft"], "temperature": [1.0, 8.0], "alpha": [0.5, 0.5], "epochs": [1, 1]},
     }
     code, text = _validate(capsys, _study(tmp_path, sampler={"name": "bruteforce"}, space=space))
-    assert code == EXIT_ERROR and "bruteforce" in text and "ratio" in text
+    assert code == EXIT_ERROR and "bruteforce" in text and "temperature" in text, text
 
 
 def test_a_warm_start_from_a_missing_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
