@@ -102,6 +102,13 @@ def speedup_of(ratio: float | None, ratio_ci: list[float] | None) -> tuple[float
     return 1.0 / ratio, ci
 
 
+def shown_speedup(entry: dict[str, Any]) -> tuple[float | None, list[float] | None]:
+    """``(speedup, speedup_ci)`` of a frontier JSON entry as tables show it: from the re-measurement
+    in fresh processes where there is one, else from the trial's own measurement."""
+    latency = entry["latency"].get("remeasured") or entry["latency"]
+    return speedup_of(latency.get("ratio_to_baseline"), latency.get("ratio_ci"))
+
+
 def remeasured(study: optuna.Study, number: int) -> dict[str, Any] | None:
     """The frontier re-measurement of trial ``number``, in the frontier JSON's latency shape."""
     data = study.user_attrs.get(f"{REMEASURED_PREFIX}{number}")

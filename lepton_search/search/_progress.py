@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from lepton_search.search._frontier import speedup_of
+from lepton_search.search._frontier import shown_speedup
 from lepton_search.search._ties import grouped_entries
 from lepton_search.spaces import CompressionConfig
 
@@ -137,8 +137,7 @@ _SHORT_OBJECTIVE = {"accuracy": "acc", "latency_ms": "ms", "cost_usd_per_million
 
 
 def _speedup_text(entry: dict[str, Any]) -> str:
-    latency = entry["latency"].get("remeasured") or entry["latency"]
-    speedup, ci = speedup_of(latency.get("ratio_to_baseline"), latency.get("ratio_ci"))
+    speedup, ci = shown_speedup(entry)
     if not speedup:
         return "-"
     text = f"{speedup:.3g}x" + (f" [{ci[0]:.3g}-{ci[1]:.3g}]" if ci else "")

@@ -18,8 +18,8 @@ from lepton_search.search._frontier import (
     objective_names,
     reference_point,
     remeasured,
+    shown_speedup,
     speed_cost_frontiers,
-    speedup_of,
     trial_deployment,
 )
 from lepton_search.search._ties import grouped_entries
@@ -315,8 +315,7 @@ def _values_text(values: dict[str, Any]) -> str:
 
 
 def _speedup_cell(entry: dict[str, Any]) -> str:
-    latency = entry["latency"].get("remeasured") or entry["latency"]
-    speedup, ci = speedup_of(latency.get("ratio_to_baseline"), latency.get("ratio_ci"))
+    speedup, ci = shown_speedup(entry)
     if not speedup:
         return "-"
     text = f"{speedup:.2f}x faster" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
