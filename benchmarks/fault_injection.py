@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lepton_search.search._driver import counts_toward_budget
+from lepton_search.search._study import counts_toward_budget
 from lepton_search.testing import study_dict, write_toml
 
 

@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         trial_backend,
     )
     from lepton_search.objectives._factors import COMBINED, factor_configs, measure_factors
-    from lepton_search.search._driver import Locations, base_request, load_existing_study, run_study
+    from lepton_search.search._driver import load_existing_study, run_study
     from lepton_search.search._spec import load_study_file
+    from lepton_search.search._study import Locations, base_request
     from lepton_search.spaces import CompressionConfig, QuantizeConfig
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="minilm-joint-"))

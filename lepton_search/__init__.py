@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "TrialRecord": "lepton_search.search._record",
     "LatencyRecord": "lepton_search.search._record",
-    "RunSummary": "lepton_search.search._driver",
+    "RunSummary": "lepton_search.search._study",
     "StudySpec": "lepton_search.search._spec",
 }
 

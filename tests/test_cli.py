@@ -193,7 +193,7 @@ def test_run_in_which_every_trial_failed_exits_with_its_own_code(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import lepton_search.search as search
-    from lepton_search.search._driver import RunSummary
+    from lepton_search.search._study import RunSummary
 
     def all_failed(spec: object, **kwargs: object) -> RunSummary:
         return RunSummary(study_name="quickstart", failed=3, failures=["#0 int8: TaskError: boom"] * 3)

@@ -16,7 +16,7 @@ from optuna.artifacts import upload_artifact
 from lepton_search.cli import EXIT_ERROR, main
 from lepton_search.errors import StorageError
 from lepton_search.search import Locations, parse_study
-from lepton_search.search._driver import open_study
+from lepton_search.search._study import open_study
 from lepton_search.spaces import CompressionConfig
 from lepton_search.storage import get_artifact_store, get_storage
 from lepton_search.testing import study_dict

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 from lepton_search.errors import LeptonSearchError, StorageError
-from lepton_search.search._driver import Locations, load_existing_study
+from lepton_search.search._driver import load_existing_study
 from lepton_search.search._frontier import objective_names, trial_entry
 from lepton_search.search._spec import StudySpec
+from lepton_search.search._study import Locations
 from lepton_search.spaces import CompressionConfig
 from lepton_search.storage import get_artifact_store
 

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from lepton_search.errors import ConfigError, LeptonSearchError
-from lepton_search.search._driver import Locations, ProgressCallback, counted_trials, open_study, run_study
+from lepton_search.search._driver import run_study
 from lepton_search.search._frontier import frontier
 from lepton_search.search._report import write_report
 from lepton_search.search._spec import StudySpec, load_study_file
+from lepton_search.search._study import Locations, ProgressCallback, counted_trials, open_study
 from lepton_search.storage import RunLedger, safe_join, safe_name
 
 EXIT_OK = 0

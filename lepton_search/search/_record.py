@@ -1,6 +1,6 @@
 """The trial record: what a completed trial measured, as one typed, frozen object.
 
-Optuna keeps a trial's results as user attributes (plain JSON, written by ``_driver.record_result``
+Optuna keeps a trial's results as user attributes (plain JSON, written by ``_recording.record_result``
 after the worker's ``TrialResult``). :meth:`TrialRecord.from_trial` is the one place that reads
 those attributes back, including the shapes older versions wrote (a trial without a recorded
 deployment takes its configuration's, then the study's ``[measurement]``); every reader works on
@@ -67,7 +67,7 @@ class LatencyRecord:
 
     @classmethod
     def from_remeasurement(cls, data: Mapping[str, Any]) -> LatencyRecord:
-        """A ``lepton:remeasured:N`` study attribute (``_driver.remeasure_frontier``)."""
+        """A ``lepton:remeasured:N`` study attribute (``_recording.remeasure_frontier``)."""
         candidate = data["candidate"]
         device = data.get("device") or {}
         return cls(

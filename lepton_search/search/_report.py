@@ -92,27 +92,7 @@ def _pareto_figure(study: optuna.Study, names: list[str]) -> go.Figure:
     again = [(t, remeasured(study, t.number)) for t in groups["frontier"]]
     again = [(t, r) for t, r in again if r is not None]
     if again and x_name == "latency_ms":
-        fig.add_trace(
-            go.Scatter(
-                x=[r["median_ms"] for _, r in again],
-                y=[t.values[yi] for t, _ in again],
-                mode="markers",
-                name="frontier, re-measured",
-                marker=dict(color="#ff7f0e", size=11, symbol="diamond"),
-                error_x=dict(
-                    type="data",
-                    symmetric=False,
-                    thickness=1,
-                    array=[r["ci_ms"][1] - r["median_ms"] for _, r in again],
-                    arrayminus=[r["median_ms"] - r["ci_ms"][0] for _, r in again],
-                ),
-                text=[
-                    f"#{t.number} re-measured: {r['ratio_to_baseline']:.3f}x ({r['verdict']}, {r['sessions']} sessions)"
-                    for t, r in again
-                ],
-                hovertemplate="%{text}<extra></extra>",
-            )
-        )
+        fig.add_trace(_remeasured_trace(again, yi))
     base = baseline_summary(study)
     bx = base["latency"]["median_ms"] if x_name == "latency_ms" else None
     by = base["values"].get(y_name)
@@ -136,6 +116,32 @@ def _pareto_figure(study: optuna.Study, names: list[str]) -> go.Figure:
     return fig
 
 
+def _remeasured_trace(again: list[tuple[Any, dict[str, Any]]], yi: int) -> go.Scatter:
+    """The Pareto scatter's points for the frontier trials in ``again``, each with its
+    re-measurement, at their re-measured latency."""
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=[r["median_ms"] for _, r in again],
+        y=[t.values[yi] for t, _ in again],
+        mode="markers",
+        name="frontier, re-measured",
+        marker=dict(color="#ff7f0e", size=11, symbol="diamond"),
+        error_x=dict(
+            type="data",
+            symmetric=False,
+            thickness=1,
+            array=[r["ci_ms"][1] - r["median_ms"] for _, r in again],
+            arrayminus=[r["median_ms"] - r["ci_ms"][0] for _, r in again],
+        ),
+        text=[
+            f"#{t.number} re-measured: {r['ratio_to_baseline']:.3f}x ({r['verdict']}, {r['sessions']} sessions)"
+            for t, r in again
+        ],
+        hovertemplate="%{text}<extra></extra>",
+    )
+
+
 def _deployment_label(deployment: dict[str, Any]) -> str:
     return f"{deployment['backend']}, batch {deployment['batch_size']}, {deployment['threads']} thr"
 
@@ -146,6 +152,9 @@ def _speed_cost_figures(study: optuna.Study) -> list[go.Figure]:
 
     Both frontiers are over accuracy as well: the latency frontier is non-dominated in (accuracy,
     latency), the cost frontier in (accuracy, cost). They differ when deployment knobs are searched.
+
+    It is long because the two figures share their trial groups, marker styles and hover texts;
+    most of its lines are Plotly keyword arguments.
     """
     import plotly.graph_objects as go
 

@@ -209,7 +209,10 @@ _MAX_ENUMERATED_VALUES = 4096
 
 def _stratified_startup_tpe_class() -> type:
     """:class:`StratifiedStartupTPESampler`, defined on first use so that importing this module does
-    not import Optuna."""
+    not import Optuna.
+
+    It is long because the class body lives in it: the class subclasses Optuna's ``TPESampler``, so
+    it can only be defined once Optuna is imported. Each of the class's methods is short."""
     global _STRATIFIED_TPE_CLASS
     if _STRATIFIED_TPE_CLASS is None:
         import numpy as np

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lepton_search.search import Locations, parse_study
-from lepton_search.search._driver import counts_toward_budget, open_study
+from lepton_search.search._study import counts_toward_budget, open_study
 from lepton_search.testing import study_dict, write_toml
 
 BUDGET = 4

@@ -15,7 +15,7 @@ import pytest
 from lepton_search.cli import dashboard
 from lepton_search.search import Locations, parse_study, run_study
 from lepton_search.search._dashboard import dashboard_app
-from lepton_search.search._driver import open_study
+from lepton_search.search._study import open_study
 from lepton_search.storage import get_artifact_store
 from lepton_search.testing import study_dict
 

@@ -13,10 +13,10 @@ import torch
 from optuna.trial import TrialState
 
 from lepton_search.search import Locations, frontier, parse_study, run_study, write_report
-from lepton_search.search._driver import open_study
 from lepton_search.search._export import export_trial
 from lepton_search.search._frontier import baseline_summary, reference_point, speed_cost_frontiers
 from lepton_search.search._report import COST_FRONTIER_TITLE, SPEED_COST_TITLE
+from lepton_search.search._study import open_study
 from lepton_search.spaces import CompressionConfig, DeploymentConfig, PruneConfig, QuantizeConfig, SearchSpace
 from lepton_search.testing import simulated_cpu, study_dict
 

@@ -12,8 +12,9 @@ import pytest
 from lepton_search.devices._machine import cpu_identity
 from lepton_search.search import Locations, parse_study, run_study
 from lepton_search.search._attrs import STUDY_HARDWARE_ATTR
-from lepton_search.search._driver import base_request, open_study, result_key, with_study_hardware
 from lepton_search.search._executor import RayExecutor
+from lepton_search.search._recording import result_key
+from lepton_search.search._study import base_request, open_study, with_study_hardware
 from lepton_search.spaces import CompressionConfig, SearchSpace
 from lepton_search.testing import simulated_cpu, study_dict
 

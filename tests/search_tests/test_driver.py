@@ -15,10 +15,10 @@ from optuna.trial import TrialState
 from lepton_search.errors import ConfigError, TaskError
 from lepton_search.search import Locations, frontier, parse_study, run_study, write_report
 from lepton_search.search._attrs import DUPLICATE_OF
-from lepton_search.search._driver import counted_trials, open_study
 from lepton_search.search._executor import RayExecutor
 from lepton_search.search._export import export_trial
 from lepton_search.search._frontier import hypervolume
+from lepton_search.search._study import counted_trials, open_study
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, SearchSpace
 from lepton_search.storage import get_storage
 from lepton_search.testing import study_dict
@@ -338,7 +338,7 @@ def test_a_new_study_is_warm_started_from_another_studys_frontier(tmp_path: Path
 
 
 def test_successive_halving_promotes_only_the_screens_best_to_full_fidelity(tmp_path: Path, artifacts: Path) -> None:
-    from lepton_search.search._driver import pareto_ranks
+    from lepton_search.search._fidelity import pareto_ranks
 
     space = {
         "quantization": {"precision": ["fp32"]},
@@ -375,7 +375,7 @@ def test_successive_halving_promotes_only_the_screens_best_to_full_fidelity(tmp_
 
 
 def test_pareto_ranks_peel_fronts() -> None:
-    from lepton_search.search._driver import pareto_ranks
+    from lepton_search.search._fidelity import pareto_ranks
 
     values = [[0.9, 1.0], [0.95, 2.0], [0.8, 3.0], [0.9, 1.0], [0.7, 0.5]]
     assert pareto_ranks(values, ["maximize", "minimize"]) == [0, 0, 1, 0, 0]

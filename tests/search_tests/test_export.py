@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 from lepton_search.objectives._rebuild import RebuildRecipe, rebuild
 from lepton_search.objectives.tasks import resolve_task
 from lepton_search.search import Locations, parse_study, run_study
-from lepton_search.search._driver import open_study
 from lepton_search.search._export import export_trial
+from lepton_search.search._study import open_study
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, QuantizeConfig, SearchSpace
 from lepton_search.testing import study_dict
 

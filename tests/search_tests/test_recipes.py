@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from lepton_search.errors import ConfigError
 from lepton_search.search import Locations, parse_study
-from lepton_search.search._driver import open_study, queue_recipes
+from lepton_search.search._study import open_study, queue_recipes
 from lepton_search.spaces import CompressionConfig, PruneConfig, QuantizeConfig
 from lepton_search.testing import study_dict
 

@@ -13,7 +13,7 @@ import pytest
 from lepton_search.cli import EXIT_ERROR, main
 from lepton_search.errors import StorageError
 from lepton_search.search import Locations, parse_study
-from lepton_search.search._driver import open_study
+from lepton_search.search._study import open_study
 from lepton_search.storage import get_storage, mask_url, scrub
 from lepton_search.storage._rdb import traceback_text
 from lepton_search.testing import study_dict
