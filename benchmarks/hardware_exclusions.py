@@ -41,9 +41,9 @@ def build_variants(cache_dir: Path, work: Path) -> tuple[Any, list[tuple[str, st
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from lepton_search.objectives._evaluate import baseline_model, baseline_onnx
-    from lepton_search.objectives._latency import get_backend
     from lepton_search.objectives._quantize import prepare, quantize
     from lepton_search.objectives._torch_export import export_program
+    from lepton_search.objectives.latency import get_backend
     from lepton_search.objectives.tasks.digits import DigitsCNNTask
     from lepton_search.spaces import QuantizeConfig
 

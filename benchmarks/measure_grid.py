@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from lepton_search.objectives import CostModel, MeasurementSettings, NoGate, TrialRequest, evaluate, prepare
-    from lepton_search.objectives._latency import get_backend
+    from lepton_search.objectives.latency import get_backend
 
     settings = MeasurementSettings(threads=1, batch_size=64, sessions=3)
     cost = CostModel()

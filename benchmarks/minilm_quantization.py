@@ -18,7 +18,7 @@ from pathlib import Path
 from lepton_search.objectives import _quantize
 from lepton_search.objectives._evaluate import onnx_predictor
 from lepton_search.objectives._export import export_onnx
-from lepton_search.objectives._latency import MeasurementSettings, measure_pair
+from lepton_search.objectives.latency import MeasurementSettings, measure_pair
 from lepton_search.objectives.tasks._base import contiguous_inputs
 from lepton_search.objectives.tasks.minilm import MiniLMTask
 from lepton_search.spaces import QuantizeConfig

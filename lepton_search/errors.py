@@ -19,6 +19,10 @@ class ConfigError(LeptonSearchError):
     """A study file, a search space or a configuration is invalid."""
 
 
+class SamplerSpaceError(ConfigError):
+    """The sampler cannot search this space (``bruteforce`` met a continuous parameter)."""
+
+
 class UnknownNameError(ConfigError):
     """A name (task, sampler, objective, backend) is not registered.
 

@@ -87,7 +87,7 @@ def test_json_against_a_baseline(capsys: pytest.CaptureFixture[str], models: dic
     )
     assert code == 0, err
     d = json.loads(out)
-    assert set(d) == {"verdict", "ratio", "ratio_ci", "candidate", "baseline", "device"}
+    assert set(d) == {"verdict", "ratio", "ratio_ci", "ratio_rerun_ci", "candidate", "baseline", "device"}
     # About 100 times fewer multiply-accumulates: faster however busy the machine is (with three
     # rounds the interval can still be wide: its t quantile is 4.3).
     assert d["verdict"] == "faster"

@@ -23,7 +23,9 @@ from lepton_search.objectives._evaluate import (
     evaluate,
     prepare,
 )
-from lepton_search.objectives._latency import (
+from lepton_search.objectives._rebuild import RebuildRecipe, RebuiltModel, rebuild
+from lepton_search.objectives._torch_export import compress_to_program, export_program
+from lepton_search.objectives.latency import (
     Availability,
     LatencyBackend,
     LatencyStats,
@@ -47,8 +49,6 @@ from lepton_search.objectives._latency import (
     summarize,
     verdict_of,
 )
-from lepton_search.objectives._rebuild import RebuildRecipe, RebuiltModel, rebuild
-from lepton_search.objectives._torch_export import compress_to_program, export_program
 
 __all__ = [
     "Availability",

@@ -1,6 +1,6 @@
 """Measuring any model file outside a study: ``lepton-search bench``.
 
-The protocol is the study's (:mod:`lepton_search.objectives._latency`): fresh sessions, warm-up,
+The protocol is the study's (:mod:`lepton_search.objectives.latency`): fresh sessions, warm-up,
 candidate and baseline interleaved, statistics over sessions, a ratio interval and a verdict under
 a noise band that can be calibrated on the spot with A/A runs.
 
@@ -21,8 +21,10 @@ Re-run intervals. Before the measurement, ``aa_runs`` separate calibration measu
 A/A runs of the baseline (which also calibrate the noise band with ``noise_band = "auto"``), or,
 without a baseline, repeated runs of the candidate alone. Their medians give ``rerun_ci_ms``, the
 interval in which the median of a re-run (``lepton-search bench`` again, in a fresh process)
-falls; ``ci_ms`` stays the within-run interval. ``aa_runs = 0`` skips them (``rerun_ci_ms`` is
-then None).
+falls; ``ci_ms`` stays the within-run interval. With a baseline, the A/A runs' ratios also give
+``ratio_rerun_ci``, the interval of a re-run's ratio, beside the within-run ``ratio_ci`` that the
+verdict is drawn from. ``aa_runs = 0`` skips them (``rerun_ci_ms`` and ``ratio_rerun_ci`` are then
+None).
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lepton_search.devices._backends import ModelFormat
 from lepton_search.devices._machine import describe_device
 from lepton_search.errors import MeasurementError
-from lepton_search.objectives._latency import (
+from lepton_search.objectives.latency import (
     LatencyBackend,
     LatencyStats,
     MeasurementSettings,
-    ModelFormat,
     NoiseBand,
     PairMeasurement,
     RerunCalibration,
@@ -136,7 +138,7 @@ def _onnx_specs(path: Path) -> list[InputSpec]:
 def _torch_specs(path: Path) -> list[InputSpec]:
     import torch
 
-    from lepton_search.objectives._torch_backends import load_exported_program, user_input_names
+    from lepton_search.objectives.latency import load_exported_program, user_input_names
 
     program = load_exported_program(path)
     names = user_input_names(program)
@@ -269,6 +271,7 @@ class BenchResult:
             "verdict": self.pair.verdict,
             "ratio": self.pair.ratio,
             "ratio_ci": list(self.pair.ratio_ci),
+            "ratio_rerun_ci": None if self.pair.ratio_rerun_ci is None else list(self.pair.ratio_rerun_ci),
             "candidate": self.pair.candidate.to_dict(),
             "baseline": self.pair.baseline.to_dict(),
             "device": self.device,
@@ -399,6 +402,11 @@ def bench(
             "runs (" + ("A/A runs of the baseline" if baseline is not None else "runs of the model alone") + ")"
         ),
     }
+    if baseline is not None:
+        protocol["ratio_rerun_ci"] = (
+            "95% interval of a re-run's ratio: this run's ratio widened by the A/A runs' root mean square log "
+            "ratio (t quantile, two measurements' errors), and containing ratio_ci"
+        )
     if rerun is not None:
         protocol["rerun_calibration"] = {"runs": len(rerun.medians_ms), **rerun.to_dict()}
     if baseline is not None:
@@ -530,6 +538,9 @@ def bench_table(result: BenchResult) -> list[Any]:
             f" within a noise band of ±{p.noise_band:.1%} ({source})",
         )
         out.append(line)
+        if p.ratio_rerun_ci is not None:
+            low, high = p.ratio_rerun_ci
+            out.append(Text(f"a re-run's ratio (95%): {low:.3f}-{high:.3f} (the CI above is this run's only)"))
     d = result.device
     protocol = d.get("protocol", {})
     shapes = ", ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in protocol.get("inputs", {}).items())

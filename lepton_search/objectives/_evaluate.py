@@ -33,7 +33,8 @@ from lepton_search.errors import TrialFailed
 from lepton_search.objectives._compress import CompressedModel, compress
 from lepton_search.objectives._cost import CostModel
 from lepton_search.objectives._export import export_onnx
-from lepton_search.objectives._latency import (
+from lepton_search.objectives._torch_export import compress_to_program, export_program
+from lepton_search.objectives.latency import (
     LatencyBackend,
     MeasurementSettings,
     PairMeasurement,
@@ -41,7 +42,6 @@ from lepton_search.objectives._latency import (
     get_backend,
     measure_pair,
 )
-from lepton_search.objectives._torch_export import compress_to_program, export_program
 from lepton_search.objectives.tasks import Task, resolve_task
 from lepton_search.objectives.tasks._base import contiguous_inputs
 from lepton_search.spaces import CompressionConfig, DeploymentConfig

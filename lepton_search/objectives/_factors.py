@@ -5,7 +5,7 @@ product of what each step gives and how they interact. :func:`factor_configs` sp
 technique alone (the pruned and distilled student in fp32 on the plain export; the graph settings
 on the unpruned fp32 model; the quantization alone on the plain export) plus the whole
 configuration, and :func:`measure_factors` builds and scores them all and measures them in the
-same rounds against the same baseline (:func:`~lepton_search.objectives._latency.measure_against`),
+same rounds against the same baseline (:func:`~lepton_search.objectives.latency.measure_against`),
 so their ratios can be compared with each other.
 """
 
@@ -28,7 +28,7 @@ from lepton_search.objectives._evaluate import (
     load_teacher,
     trial_backend,
 )
-from lepton_search.objectives._latency import measure_against
+from lepton_search.objectives.latency import measure_against
 from lepton_search.objectives.tasks._base import contiguous_inputs
 from lepton_search.spaces import CompressionConfig
 

@@ -45,14 +45,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lepton_search._atomic import write_json_atomically
 from lepton_search.errors import CompressionError
+from lepton_search.objectives._handlers import HandlerRegistry
 from lepton_search.objectives._inputs import first_rows, run_model, to_torch
 from lepton_search.objectives._units import prune_units
 from lepton_search.spaces import PruneConfig
@@ -346,10 +346,7 @@ def block_importance(model: torch.nn.Module, task: Task, cache_dir: Path | None 
             "measure": "kl-divergence" if task.output_kind != "embedding" else "one-minus-cosine",
             "blocks": scores,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        write_json_atomically(path, payload, indent=2)  # a concurrent reader never sees half a file
     return scores
 
 
@@ -547,6 +544,12 @@ def _check_generic_channel(config: PruneConfig, task: Task) -> None:
         )
 
 
+#: A pruner prunes ``model`` in place and returns the (module, name) pairs still carrying torch's
+#: pruning masks (see :func:`prune`).
+Pruner = Callable[..., list[Any]]
+PRUNERS: HandlerRegistry[Pruner] = HandlerRegistry("pruning.method")
+
+
 def prune(
     model: torch.nn.Module,
     config: PruneConfig,
@@ -556,7 +559,7 @@ def prune(
     cache_dir: Path | None = None,
     fraction: float = 1.0,
 ) -> list[Any]:
-    """Prunes ``model`` in place.
+    """Prunes ``model`` in place with the handler registered for ``config.method`` (:data:`PRUNERS`).
 
     ``channel`` removes ``ratio`` of the channels ranked by ``config.importance`` within each layer
     or, with ``scope = "global"``, across layers (for tasks with pruning units, ``ratio`` of the
@@ -570,23 +573,49 @@ def prune(
         keep them through distillation, so fine-tuning cannot revive pruned weights); pass them to
         :func:`finalize_pruning`.
     """
+    return PRUNERS.get(config.method)(model, config, task, example, cache_dir=cache_dir, fraction=fraction)
+
+
+@PRUNERS.register("none")
+def _prune_nothing(model: torch.nn.Module, config: PruneConfig, task: Task, example: Inputs, **_: Any) -> list[Any]:
+    return []
+
+
+@PRUNERS.register("channel")
+def _prune_structured(
+    model: torch.nn.Module, config: PruneConfig, task: Task, example: Inputs, *, fraction: float, **_: Any
+) -> list[Any]:
+    if task.pruning_units(model):
+        prune_units(model, config, task, fraction=fraction)
+    else:
+        _check_generic_channel(config, task)
+        _prune_channels(model, config, task, example)
+    return []
+
+
+@PRUNERS.register("depth")
+def _prune_blocks(
+    model: torch.nn.Module, config: PruneConfig, task: Task, example: Inputs, *, cache_dir: Path | None, **_: Any
+) -> list[Any]:
+    _prune_depth(model, config, task, example, cache_dir)
+    return []
+
+
+@PRUNERS.register("2:4")
+def _prune_semi_structured(
+    model: torch.nn.Module, config: PruneConfig, task: Task, example: Inputs, **_: Any
+) -> list[Any]:
     import torch
 
-    if config.method == "none":
-        return []
-    if config.method == "channel":
-        if task.pruning_units(model):
-            prune_units(model, config, task, fraction=fraction)
-        else:
-            _check_generic_channel(config, task)
-            _prune_channels(model, config, task, example)
-        return []
-    if config.method == "depth":
-        _prune_depth(model, config, task, example, cache_dir)
-        return []
-    if config.method == "2:4":
-        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        return apply_semi_structured_mask(model, ignored=linears[-1:])  # the classifier / output layer
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return apply_semi_structured_mask(model, ignored=linears[-1:])  # the classifier / output layer
+
+
+@PRUNERS.register("unstructured")
+def _prune_unstructured(
+    model: torch.nn.Module, config: PruneConfig, task: Task, example: Inputs, **_: Any
+) -> list[Any]:
+    import torch
     from torch.nn.utils import prune as torch_prune
 
     targets = [

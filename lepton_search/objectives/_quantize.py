@@ -9,7 +9,7 @@
 - Both int8 modes quantize weights to 7 bits with ``reduce_range`` (for x86 CPUs without VNNI,
   whose 16-bit sums can saturate; the space decides it from the ISA, ``spaces/_hardware.py``).
 - Both int8 modes scale weights per output channel unless ``granularity = 'per_tensor'``: per-tensor
-  scales cost a MiniLM encoder about 4% cosine fidelity (``shared/notes/latency.md``, section 5).
+  scales cost a MiniLM encoder about 4% cosine fidelity (measured on its test passages).
 - ``int4``: weight-only ``MatMulNBits`` (``MatMulNBitsQuantizer``): 4-bit weights in blocks of
   ``int4_block_size`` along the input dimension, with or without zero points; Gemm layers with
   constant weights are first rewritten as MatMul + Add so that they qualify. ``accuracy_level`` 4:
@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lepton_search.errors import CompressionError
+from lepton_search.objectives._handlers import HandlerRegistry
 from lepton_search.spaces import QuantizeConfig
 from lepton_search.spaces._config import CALIBRATION_BATCH_SIZE
 
@@ -150,6 +151,18 @@ def prepare(source: Path, config: QuantizeConfig, out_dir: Path) -> Path:
     return target
 
 
+#: A quantizer quantizes the :func:`prepare` output into ``target`` and returns the calibration
+#: rows it used (see :func:`quantize_prepared`).
+Quantizer = Callable[..., int]
+QUANTIZERS: HandlerRegistry[Quantizer] = HandlerRegistry("quantization mode")
+
+
+def quantization_mode(config: QuantizeConfig) -> str:
+    """The name ``config``'s quantizer is registered under: ``int8-dynamic``, ``int8-static``,
+    ``int4`` (the precision, with the int8 mode where there is one)."""
+    return f"{config.precision}-{config.int8_mode}" if config.precision == "int8" else config.precision
+
+
 def quantize_prepared(
     prepared: Path,
     config: QuantizeConfig,
@@ -159,51 +172,91 @@ def quantize_prepared(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
 ) -> int:
-    """Quantizes the :func:`prepare` output with ``config``'s int8 or int4 tool into ``target``.
+    """Quantizes the :func:`prepare` output with the quantizer of ``config``'s mode
+    (:data:`QUANTIZERS`) into ``target``.
 
     ``include`` limits quantization to those nodes, ``exclude`` keeps those in fp32. Returns the
     number of calibration rows static int8 used (0 for the other modes).
     """
+    quantizer = QUANTIZERS.get(quantization_mode(config))
+    return quantizer(prepared, config, task, target, include=include, exclude=exclude)
+
+
+@QUANTIZERS.register("int4")
+def _quantize_int4(
+    prepared: Path,
+    config: QuantizeConfig,
+    task: Task,
+    target: Path,
+    *,
+    include: list[str] | None,
+    exclude: list[str] | None,
+) -> int:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(
+        str(prepared),
+        bits=4,
+        block_size=int(config.int4_block_size or 32),
+        is_symmetric=bool(config.int4_symmetric),
+        accuracy_level=INT4_ACCURACY_LEVEL,
+        nodes_to_exclude=exclude or [],
+        nodes_to_include=include,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    return 0
+
+
+@QUANTIZERS.register("int8-dynamic")
+def _quantize_int8_dynamic(
+    prepared: Path,
+    config: QuantizeConfig,
+    task: Task,
+    target: Path,
+    *,
+    include: list[str] | None,
+    exclude: list[str] | None,
+) -> int:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if config.precision == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    op_types = ["MatMul", "Gemm"]
+    extra: dict[str, object] = {}
+    if any(node.op_type == "Attention" for node in onnx.load(str(prepared), load_external_data=False).graph.node):
+        # A fused graph (graph.fusion): Attention becomes QAttention. ONNX's shape inference knows
+        # no com.microsoft operators, so tensors they produce get the default float type.
+        op_types.append("Attention")
+        extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
+    quantize_dynamic(
+        str(prepared),
+        str(target),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=op_types,
+        per_channel=config.per_channel,
+        reduce_range=bool(config.reduce_range),
+        nodes_to_quantize=include,
+        nodes_to_exclude=exclude,
+        extra_options=extra,
+    )
+    return 0
 
-        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-        quantizer = MatMulNBitsQuantizer(
-            str(prepared),
-            bits=4,
-            block_size=int(config.int4_block_size or 32),
-            is_symmetric=bool(config.int4_symmetric),
-            accuracy_level=INT4_ACCURACY_LEVEL,
-            nodes_to_exclude=exclude or [],
-            nodes_to_include=include,
-            op_types_to_quantize=("MatMul",),
-        )
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
-        return 0
-    if config.int8_mode == "dynamic":
-        op_types = ["MatMul", "Gemm"]
-        extra: dict[str, object] = {}
-        if any(node.op_type == "Attention" for node in onnx.load(str(prepared), load_external_data=False).graph.node):
-            # A fused graph (graph.fusion): Attention becomes QAttention. ONNX's shape inference knows
-            # no com.microsoft operators, so tensors they produce get the default float type.
-            op_types.append("Attention")
-            extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
-        quantize_dynamic(
-            str(prepared),
-            str(target),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=op_types,
-            per_channel=config.per_channel,
-            reduce_range=bool(config.reduce_range),
-            nodes_to_quantize=include,
-            nodes_to_exclude=exclude,
-            extra_options=extra,
-        )
-        return 0
+
+@QUANTIZERS.register("int8-static")
+def _quantize_int8_static(
+    prepared: Path,
+    config: QuantizeConfig,
+    task: Task,
+    target: Path,
+    *,
+    include: list[str] | None,
+    exclude: list[str] | None,
+) -> int:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lepton_search._atomic import atomic_path
 from lepton_search.errors import ConfigError
 from lepton_search.spaces import CompressionConfig
 
@@ -134,8 +134,8 @@ def rebuild(recipe: RebuildRecipe, out_dir: Path, cache_dir: Path, *, threads: i
         model_predictor,
         trial_backend,
     )
-    from lepton_search.objectives._latency import MeasurementSettings
     from lepton_search.objectives._torch_export import compress_to_program
+    from lepton_search.objectives.latency import MeasurementSettings
     from lepton_search.objectives.tasks import resolve_task
 
     torch.set_num_threads(threads)
@@ -150,9 +150,8 @@ def rebuild(recipe: RebuildRecipe, out_dir: Path, cache_dir: Path, *, threads: i
     with tempfile.TemporaryDirectory(prefix="lepton-compress-") as tmp:
         compressed = build(teacher, recipe.config, task, Path(tmp), seed=recipe.seed, cache_dir=cache_dir)
         model_path = out_dir / f"model{MODEL_SUFFIX[backend.model_format]}"
-        staged = out_dir / f".{model_path.name}.{os.getpid()}.tmp"
-        shutil.copyfile(compressed.onnx_path, staged)
-        os.replace(staged, model_path)
+        with atomic_path(model_path) as staged:
+            shutil.copyfile(compressed.onnx_path, staged)
     predict = model_predictor(model_path, backend, threads)
     summary = {
         "task": recipe.task,

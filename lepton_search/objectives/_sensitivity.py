@@ -31,13 +31,10 @@ CNN's 4 layers about 2 s.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lepton_search._atomic import write_json_atomically
 from lepton_search.errors import CompressionError
 from lepton_search.objectives._targets import file_lock
 
@@ -149,7 +147,7 @@ def quantizable_layers(model_path: Path, config: QuantizeConfig) -> list[tuple[s
 
 
 def _outputs(model_path: Path, batches: Sequence[Any]) -> list[np.ndarray]:
-    from lepton_search.objectives._latency import get_backend
+    from lepton_search.objectives.latency import get_backend
 
     runner = get_backend("onnxruntime-cpu").open(model_path, 1)
     try:
@@ -197,15 +195,7 @@ def _write(path: Path, task: Task, sensitivity: Sensitivity) -> None:
         "seconds": round(sensitivity.seconds, 3),
         "layers": [dataclasses.asdict(layer) for layer in sensitivity.layers],
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomically(path, payload, indent=1)
 
 
 def measure_sensitivity(

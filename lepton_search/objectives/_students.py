@@ -17,12 +17,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lepton_search._atomic import atomic_path, write_json_atomically
 from lepton_search.errors import CompressionError
 from lepton_search.objectives._distill import training_precision
 from lepton_search.objectives._prune import KEPT_BLOCKS_ATTR, _without, kept_blocks
@@ -115,16 +114,10 @@ class StudentCache:
 
         self.directory.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().contiguous().clone() for name, tensor in student.state_dict().items()}
-        weights = self.directory / f"{key}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".safetensors.tmp")
-        os.close(fd)
-        save_file(state, tmp)
-        os.replace(tmp, weights)
+        with atomic_path(self.directory / f"{key}.safetensors") as staged:
+            save_file(state, str(staged))
         payload = {"version": STUDENT_FORMAT_VERSION, "kept_blocks": kept_blocks(student), **description}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.directory / f"{key}.json")
+        write_json_atomically(self.directory / f"{key}.json", payload, indent=2, sort_keys=True)
 
 
 def resize_to(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

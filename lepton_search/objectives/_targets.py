@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lepton_search._atomic import save_array_atomically
 from lepton_search.objectives._inputs import run_model, to_torch
 
 if TYPE_CHECKING:
@@ -49,15 +48,6 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def save_array_atomically(path: Path, array: np.ndarray) -> None:
-    """Writes ``array`` to ``path`` as ``.npy`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 class TeacherTargets:

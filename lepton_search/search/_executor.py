@@ -215,11 +215,14 @@ class RayExecutor:
             if not node.get("Alive"):
                 continue
             node_id = node["NodeID"]
+            # On a cluster this driver joined, other drivers share the node's window: it must
+            # outlive the driver that happened to create it, so it is detached and left running
+            # at shutdown (one idle zero-CPU actor per node, until the cluster stops).
             self._windows[node_id] = window_cls.options(
                 name=_window_name(node_id),
                 namespace="lepton-search",
                 get_if_exists=True,
-                lifetime=None,
+                lifetime="detached" if self.address else None,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote()
         # Crashes are almost always deterministic for a given config; retrying would only double
@@ -301,9 +304,10 @@ class RayExecutor:
     def shutdown(self) -> None:
         import ray
 
-        for window in self._windows.values():
-            with contextlib.suppress(Exception):
-                ray.kill(window)
+        if not self.address:
+            for window in self._windows.values():
+                with contextlib.suppress(Exception):
+                    ray.kill(window)
         self._windows.clear()
         if self._started_ray:
             ray.shutdown()

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
+from lepton_search.search._frontier import pareto_numbers
 from lepton_search.search._run import _Run
 from lepton_search.search._study import Locations, RunSummary, open_study, requeue_orphans
 from lepton_search.spaces import CompressionConfig, SearchSpace
@@ -21,23 +22,16 @@ if TYPE_CHECKING:
 
 
 def pareto_ranks(values: list[list[float]], directions: list[str]) -> list[int]:
-    """Non-domination rank of each point (0 = on the front), by repeated peeling."""
+    """Non-domination rank of each point (0 = on the front), by peeling fronts with
+    :func:`~lepton_search.search._frontier.pareto_numbers`."""
     signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    points = [[v * s for v, s in zip(row, signs)] for row in values]
-    ranks = [-1] * len(points)
+    left = {i: tuple(v * s for v, s in zip(row, signs)) for i, row in enumerate(values)}
+    ranks = [-1] * len(values)
     rank = 0
-    left = set(range(len(points)))
     while left:
-        front = {
-            i
-            for i in left
-            if not any(
-                all(a <= b for a, b in zip(points[j], points[i])) and points[j] != points[i] for j in left if j != i
-            )
-        }
-        for i in front:
+        for i in pareto_numbers(left):
             ranks[i] = rank
-        left -= front
+            del left[i]
         rank += 1
     return ranks
 

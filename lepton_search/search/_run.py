@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lepton_search.devices._machine import device_class_of
-from lepton_search.errors import LeptonSearchError
+from lepton_search.errors import LeptonSearchError, SamplerSpaceError
 from lepton_search.objectives import TrialRequest, TrialResult
 from lepton_search.objectives._compress import canonical_config
 from lepton_search.objectives._evaluate import load_task
@@ -34,7 +34,6 @@ from lepton_search.search._attrs import DRIVER, DUPLICATE_OF, FAIL_REASON, STUDY
 from lepton_search.search._executor import RayExecutor, describe_failure
 from lepton_search.search._frontier import hypervolume, reference_point
 from lepton_search.search._recording import cached_result, fail_trial, record_result, result_key
-from lepton_search.search._samplers import SamplerSpaceError
 from lepton_search.search._spec import StudySpec
 from lepton_search.search._study import (
     ProgressCallback,
@@ -212,6 +211,15 @@ class _Run:
             return False
         config_hash = config.config_hash
         holder = self.coordination.claim(config_hash, trial.number)
+        if holder == trial.number:
+            # Another driver popped this same queued trial and claimed it first: it evaluates and
+            # tells it; this driver leaves it alone (telling it too would fail, as it is finished).
+            # The trial names its owner again, so that it is not taken for this driver's orphan.
+            from optuna.exceptions import UpdateFinishedTrialError
+
+            with contextlib.suppress(UpdateFinishedTrialError):
+                trial.set_user_attr(DRIVER, self.coordination.claim_driver(config_hash))
+            return True
         while holder is not None:
             state = self.trial_state(holder)
             if state == TrialState.COMPLETE:

@@ -24,14 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lepton_search.errors import ConfigError, UnknownNameError
+from lepton_search.errors import ConfigError, SamplerSpaceError, UnknownNameError
 
 if TYPE_CHECKING:
     import optuna
-
-
-class SamplerSpaceError(ConfigError):
-    """The sampler cannot search this space (``bruteforce`` met a continuous parameter)."""
 
 
 class _Options(BaseModel):

@@ -207,7 +207,7 @@ class NightlySpec(_Strict):
     trials: int = Field(default=10, ge=0, description="Trials added to the study each night.")
     timeout_s: float | None = Field(default=None, gt=0, description="Wall-time limit of the extension.")
     # Absolute latency moves more between processes and days than within one measurement window
-    # (shared/notes/latency.md saw 45% between two processes on a 2-vCPU machine), so the default
+    # (45% was seen between two processes on a 2-vCPU machine), so the default
     # is wider than the in-window noise band.
     regression_tolerance: float = Field(
         default=0.25, gt=0, lt=10, description="Slowdown (fraction) beyond which a frontier point regressed."

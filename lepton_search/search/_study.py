@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from lepton_search import __version__
 from lepton_search.errors import ConfigError, StudyNotFoundError
 from lepton_search.objectives import CostModel, MeasurementSettings, TrialRequest, prepare
-from lepton_search.objectives._latency import DEFAULT_NOISE_BAND
+from lepton_search.objectives.latency import DEFAULT_NOISE_BAND
 from lepton_search.search._attrs import (
     DRIVER,
     DUPLICATE_OF,

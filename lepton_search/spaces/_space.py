@@ -86,7 +86,7 @@ class QuantizationSpace(_Section):
       (batches of 64 training rows: the calibration size is ``calibration_batches x 64`` samples).
       ``granularity`` (param ``int8_granularity``), when given, searches the int8 weight scales per
       output channel or per tensor; left out, int8 is per channel (per-tensor int8 cost MiniLM about
-      4% cosine, ``shared/notes/latency.md`` section 5).
+      4% cosine on its test passages).
     - ``int4``: weight-only MatMulNBits, with ``int4_block_size`` and ``int4_symmetric`` (both always
       asked for int4). It quantizes linear (MatMul/Gemm) weights only; convolutions stay fp32.
     - ``fp32_fraction`` ([low, high] within [0, 1), step ``fp32_fraction_step``), when given, turns on

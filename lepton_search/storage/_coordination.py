@@ -96,7 +96,12 @@ class StudyCoordination:
 
     def claim(self, config_hash: str, trial_number: int) -> int | None:
         """Claims ``config_hash`` for trial ``trial_number``: ``None`` when the claim is this
-        trial's now, else the number of the trial that holds it."""
+        trial's now, else the number of the trial that holds it.
+
+        That number is ``trial_number`` itself when another driver claimed this same trial: on
+        SQLite, which ignores ``SELECT ... FOR UPDATE``, two drivers can pop one queued trial (a
+        recipe, a requeued orphan) at once, and only the driver whose claim landed may evaluate it
+        (:meth:`claim_driver` names that driver)."""
         try:
             with self._engine.begin() as conn:
                 conn.execute(
@@ -111,12 +116,21 @@ class StudyCoordination:
             return None
         except IntegrityError:
             with self._engine.connect() as conn:
-                holder = conn.execute(
-                    select(config_claims.c.trial_number).where(
+                holder, holder_driver = conn.execute(
+                    select(config_claims.c.trial_number, config_claims.c.driver_id).where(
                         config_claims.c.study_name == self.study_name, config_claims.c.config_hash == config_hash
                     )
-                ).scalar_one()
-            return None if holder == trial_number else int(holder)
+                ).one()
+            return None if holder == trial_number and holder_driver == self.driver_id else int(holder)
+
+    def claim_driver(self, config_hash: str) -> str | None:
+        """The driver that holds the claim of ``config_hash`` (None: unclaimed)."""
+        with self._engine.connect() as conn:
+            return conn.execute(
+                select(config_claims.c.driver_id).where(
+                    config_claims.c.study_name == self.study_name, config_claims.c.config_hash == config_hash
+                )
+            ).scalar_one_or_none()
 
     def take_over(self, config_hash: str, holder: int, trial_number: int) -> bool:
         """Moves the claim of ``config_hash`` from trial ``holder`` (which failed) to

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_measuring_backend_has_the_traits_configurations_read() -> None:
-    from lepton_search.objectives._latency import _registry
+    from lepton_search.objectives.latency._backends import _registry
 
     for name, cls in _registry().items():
         assert backend_traits(name) == BackendTraits(cls.model_format, cls.device_kind), name

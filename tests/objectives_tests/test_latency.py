@@ -32,7 +32,7 @@ from lepton_search.objectives import (
     summarize,
     verdict_of,
 )
-from lepton_search.objectives._latency import (
+from lepton_search.objectives.latency import (
     ResidentMemoryProbe,
     Runner,
     bootstrap_ratio_interval,
@@ -319,7 +319,8 @@ def test_measure_pair_records_the_device_manifest(teacher: Any, fast_settings: M
     assert device["device_class"].startswith("cpu-") and device["device_class_name"]
     assert device["cpu"]["isa"] and device["device"]
     d = pair.to_dict()
-    assert set(d) == {"candidate", "baseline", "ratio", "ratio_ci", "verdict", "noise_band", "device"}
+    assert set(d) == {"candidate", "baseline", "ratio", "ratio_ci", "ratio_rerun_ci", "verdict", "noise_band", "device"}
+    assert d["ratio_rerun_ci"] is None  # no A/A calibration runs: no re-run interval for the ratio
     assert d["verdict"] in ("faster", "slower", "tie")
     assert len(d["ratio_ci"]) == 2 and d["ratio_ci"][0] <= d["ratio_ci"][1]
 
@@ -574,7 +575,7 @@ def test_blocks_of_zero_seconds_alternate_every_run(tmp_path: Path) -> None:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module of ``_latency``: time moves only when a run takes it."""
+    """Stands in for the ``time`` module of ``latency._protocol``: time moves only when a run takes it."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -587,7 +588,7 @@ class FakeClock:
 
 
 def test_blocks_hold_several_runs_of_one_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lepton_search.objectives._latency as latency
+    import lepton_search.objectives.latency._protocol as latency
 
     clock = FakeClock()
     monkeypatch.setattr(latency, "time", clock)

@@ -16,7 +16,7 @@ import torch
 from lepton_search.cli import EXIT_ERROR, main
 from lepton_search.errors import UnsafeModelError
 from lepton_search.objectives._bench import model_format
-from lepton_search.objectives._torch_backends import load_exported_program
+from lepton_search.objectives.latency import load_exported_program
 
 
 class _Payload:

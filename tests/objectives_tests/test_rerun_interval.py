@@ -1,4 +1,5 @@
-"""Re-run intervals (``rerun_ci_ms``): where the median of a re-run in a fresh process falls.
+"""Re-run intervals (``rerun_ci_ms``, ``ratio_rerun_ci``): where the median, or the ratio, of a
+re-run in a fresh process falls.
 
 The statistics are checked on simulated run medians with a known between-run spread; ``bench`` is
 run for real (as a subprocess, on a simulated CPU too), since its JSON is what users read.
@@ -18,7 +19,7 @@ import pytest
 
 from lepton_search.cli import EXIT_ERROR, main
 from lepton_search.devices._machine import cpu_identity
-from lepton_search.objectives._latency import MIN_RERUN_REFERENCES, RerunCalibration
+from lepton_search.objectives.latency import MIN_RERUN_REFERENCES, RerunCalibration
 from lepton_search.testing import SIMULATED_CPUS, simulated_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,6 +53,32 @@ def test_a_candidate_interval_carries_the_reference_spread_over_by_the_ratio() -
     # Too few reference medians: no interval rather than a meaningless one.
     assert RerunCalibration((10.0,)).interval(10.0) is None
     assert MIN_RERUN_REFERENCES == 3
+
+
+@pytest.mark.parametrize("spread", [0.005, 0.02, 0.06])
+def test_the_ratio_interval_covers_a_rerun_about_as_often_as_it_says(spread: float) -> None:
+    # Every measurement's log ratio strays from the truth by the same noise; A/A runs show that
+    # noise around a true ratio of 1. The within-run ratio_ci is simulated as far too narrow (as
+    # measured: 63% coverage), so the coverage must come from the A/A component.
+    rng = np.random.default_rng(11)
+    covered, trials, true_ratio = 0, 4000, 0.47
+    for _ in range(trials):
+        aa = np.exp(spread * rng.standard_normal(5))
+        first, rerun = true_ratio * np.exp(spread * rng.standard_normal(2))
+        narrow = (first * (1 - spread / 4), first * (1 + spread / 4))
+        low, high = RerunCalibration((10.0,) * 5, aa_ratios=tuple(aa)).ratio_interval(first, narrow)
+        assert low <= narrow[0] and narrow[1] <= high
+        covered += low <= rerun <= high
+    assert 0.93 <= covered / trials <= 0.975
+
+
+def test_the_ratio_interval_never_drops_the_within_run_interval_and_needs_aa_ratios() -> None:
+    calibration = RerunCalibration((10.0, 10.0, 10.0), aa_ratios=(1.0, 1.0, 1.0))
+    # A/A runs that agreed exactly add nothing: the interval is the run's own.
+    assert calibration.ratio_interval(0.5, (0.45, 0.56)) == (0.45, 0.56)
+    # A model measured alone has no A/A ratios: no ratio re-run interval rather than a made-up one.
+    assert RerunCalibration((10.0, 11.0, 9.5)).ratio_interval(0.5, (0.49, 0.51)) is None
+    assert RerunCalibration((10.0,) * 3, aa_ratios=(1.01, 0.99)).ratio_interval(0.5, (0.49, 0.51)) is None
 
 
 def _bench_json(*args: str, env: dict[str, str] | None = None) -> dict:
@@ -132,6 +159,10 @@ def test_bench_against_a_baseline_gives_both_rerun_intervals(
     assert centre(d["candidate"]["rerun_ci_ms"]) / centre(d["baseline"]["rerun_ci_ms"]) == pytest.approx(d["ratio"])
     calibration = d["device"]["protocol"]["aa_calibration"]
     assert len(calibration["medians_ms"]) == 3 and calibration["device_class"] == d["device"]["device_class"]
+    # The ratio's re-run interval, beside the within-run ratio_ci it contains, from the A/A ratios.
+    low, high = d["ratio_rerun_ci"]
+    assert low <= d["ratio_ci"][0] <= d["ratio"] <= d["ratio_ci"][1] <= high
+    assert d["device"]["protocol"]["rerun_calibration"]["aa_ratios"] == calibration["ratios"]
 
 
 def test_auto_noise_band_without_calibration_runs_is_an_error(

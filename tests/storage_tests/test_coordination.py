@@ -38,6 +38,19 @@ def test_one_claim_per_configuration_wins(url: str) -> None:
     second.finish()
 
 
+def test_two_drivers_that_popped_one_queued_trial_learn_which_of_them_owns_it(url: str) -> None:
+    # SQLite ignores SELECT ... FOR UPDATE, so two drivers can pop the same queued trial (here
+    # trial 4): the second claim must not be granted as the holder's own re-claim.
+    first, second = StudyCoordination(url, "s"), StudyCoordination(url, "s")
+    first.register(), second.register()
+    assert first.claim("hash-q", 4) is None
+    assert second.claim("hash-q", 4) == 4  # held by this very trial number, but by the other driver
+    assert second.claim_driver("hash-q") == first.driver_id and first.claim("hash-q", 4) is None
+    assert second.claim_driver("hash-unclaimed") is None
+    first.finish()
+    second.finish()
+
+
 def test_concurrent_claims_of_one_configuration_give_exactly_one_holder(url: str) -> None:
     coordinators = [StudyCoordination(url, "s") for _ in range(4)]
     results: list[int | None] = [None] * 4

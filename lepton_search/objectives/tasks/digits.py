@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lepton_search._atomic import atomic_path, write_json_atomically
 from lepton_search.errors import ConfigError
 from lepton_search.objectives.tasks._base import PredictFn, Split, Task
 
@@ -146,19 +145,13 @@ class DigitsCNNTask(DigitsClassificationTask):
         torch.manual_seed(self.seed)
         model = build_digits_cnn(self.width)
         self._train(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = model.state_dict()
-        # Written to temporary files first: two processes may train at once, and a reader must
-        # never see half a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        fd, tmp_json = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"recipe": self.fingerprint(), "weights_sha256": digest}, f, indent=2)
-        os.replace(tmp, path)
-        os.replace(tmp_json, path.with_suffix(".json"))
+        # Two processes may train at once, and a reader must never see half a file.
+        with atomic_path(path) as staged:
+            torch.save(model.state_dict(), staged)
+            digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+        write_json_atomically(
+            path.with_suffix(".json"), {"recipe": self.fingerprint(), "weights_sha256": digest}, indent=2
+        )
         return model.eval()
 
     def _train(self, model: torch.nn.Module) -> None:

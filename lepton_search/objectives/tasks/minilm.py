@@ -37,7 +37,7 @@ per-passage values so its noise is small, and it bounds retrieval changes: no ne
 can change unless embeddings move. Recall@k is discrete, depends on k, and on this corpus (many
 near-duplicate reference paragraphs whose neighbours are nearly tied) it flips on tiny
 perturbations: per-channel int8 at 0.993 mean cosine still changes about 12% of top-1 neighbours
-(``shared/notes/latency.md``, section 5), which says more about ties than about the model. Report
+(measured on this task's test passages), which says more about ties than about the model. Report
 it beside the objective; do not search on it.
 
 Latency inputs (:meth:`MiniLMTask.example_inputs`) are full ``sequence_length`` windows of real
@@ -59,8 +59,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -68,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lepton_search._atomic import save_array_atomically
 from lepton_search.errors import ConfigError, TaskError
 from lepton_search.objectives.tasks import text_corpus
 from lepton_search.objectives.tasks._base import Inputs, PredictFn, PruningUnit, Split, Task
@@ -447,11 +446,7 @@ class MiniLMTask(Task):
             _REFERENCES[key] = reference
         # Also when this process had them already: another cache (another worker's) needs its copy.
         if path is not None and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, reference, allow_pickle=False)
-            os.replace(tmp, path)
+            save_array_atomically(path, reference)
         return reference
 
     def evaluate(self, predict: PredictFn, split: Split = "validation") -> float:

@@ -24,14 +24,14 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import platform
 import re
 import sysconfig
-import tempfile
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
+
+from lepton_search._atomic import write_json_atomically
 
 #: Shorter paragraphs are mostly headings, signatures and table rows.
 MIN_WORDS = 12
@@ -122,7 +122,7 @@ def _cached_docstrings(cache_dir: str | None) -> tuple[str, ...]:
         found.update(_docstrings(directory))
     passages = tuple(sorted(found))
     if path is not None:
-        _write_atomically(path, json.dumps(list(passages)))
+        write_json_atomically(path, list(passages))
     return passages
 
 
@@ -149,11 +149,3 @@ def license_passages() -> tuple[str, ...]:
         except OSError:
             continue
     return tuple(sorted(found))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lepton_search.devices._machine import device_manifest
 from lepton_search.errors import MeasurementError
-from lepton_search.objectives._latency import (
+from lepton_search.objectives.latency._backends import (
     Availability,
-    Inputs,
     LatencyBackend,
     MemoryProbe,
     Runner,
+    backend_manifest,
     register_backend,
 )
+from lepton_search.objectives.latency._settings import Inputs
 
 if TYPE_CHECKING:
     import torch
@@ -303,13 +303,7 @@ class TorchCPUBackend(LatencyBackend):
     def manifest(self, threads: int) -> dict[str, Any]:
         import torch
 
-        return {
-            "backend": self.name,
-            "execution_provider": self.execution_provider,
-            "torch": torch.__version__,
-            "threads": threads,
-            **device_manifest("cpu"),
-        }
+        return backend_manifest(self, self.execution_provider, "torch", torch.__version__, threads)
 
 
 def _cuda_availability() -> Availability:
@@ -354,13 +348,7 @@ class TorchCUDABackend(TorchCPUBackend):
     def manifest(self, threads: int) -> dict[str, Any]:
         import torch
 
-        return {
-            "backend": self.name,
-            "execution_provider": self.execution_provider,
-            "torch": torch.__version__,
-            "threads": threads,
-            **device_manifest("gpu", self.device_id),
-        }
+        return backend_manifest(self, self.execution_provider, "torch", torch.__version__, threads, self.device_id)
 
     def memory_probe(self) -> MemoryProbe:
         return DeviceMemoryProbe(self.device_id)
