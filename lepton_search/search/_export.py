@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from lepton_search._atomic import write_text_atomically
 from lepton_search.errors import LeptonSearchError, StorageError
 from lepton_search.search._driver import load_existing_study
 from lepton_search.search._frontier import objective_names, trial_entry
@@ -14,15 +15,6 @@ from lepton_search.search._spec import StudySpec
 from lepton_search.search._study import Locations
 from lepton_search.spaces import CompressionConfig
 from lepton_search.storage import get_artifact_store
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Writes ``path`` through a new file renamed into place, so a link at ``path`` is never followed."""
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(staged, path)
 
 
 def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Path) -> list[Path]:
@@ -80,7 +72,7 @@ def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Pa
     # os.replace swaps the name itself: a link that appeared meanwhile is replaced, never followed.
     os.replace(staged, model_path)
     config = CompressionConfig.from_dict(trial.user_attrs["config"])
-    _write_text(config_path, json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+    write_text_atomically(config_path, json.dumps(json.loads(config.to_json()), indent=2) + "\n")
     entry = trial_entry(trial, objective_names(study), study)
     # task, task_options and seed are what `lepton-search compress` needs to rebuild this model.
     entry.update(
@@ -92,5 +84,5 @@ def export_trial(spec: StudySpec, locations: Locations, number: int, out_dir: Pa
             "device": trial.user_attrs.get("device"),
         }
     )
-    _write_text(info_path, json.dumps(entry, indent=2) + "\n")
+    write_text_atomically(info_path, json.dumps(entry, indent=2) + "\n")
     return [model_path, config_path, info_path]
