@@ -38,7 +38,6 @@ from lepton_search.search._spec import StudySpec
 from lepton_search.search._study import (
     ProgressCallback,
     RunSummary,
-    counts_toward_budget,
     evaluated_configs,
     requeue_orphans,
 )
@@ -104,6 +103,8 @@ class _Run:
         self.waiting: dict[str, list[Any]] = {}
         self.repeats = 0  # repeated proposals in a row
         self.stopped: str | None = None
+        # The budget slot this driver holds for its next submission (hold_budget_slot).
+        self.slot: int | None = None
 
     def may_submit(self) -> bool:
         from optuna.trial import TrialState
@@ -114,48 +115,60 @@ class _Run:
             return False
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return False
-        if self.total is not None and self.coordination is not None and self.study_budget_spent():
+        if self.only_queued and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return False
-        return not self.only_queued or bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        return self.hold_budget_slot()  # last: it reserves what the next submission spends
 
-    def study_budget_spent(self) -> bool:
-        """Whether the evaluations of every driver of the study, finished and running, fill the
-        budget (``total``): a driver that runs beside others stops when they have it covered."""
-        from optuna.trial import TrialState
+    def hold_budget_slot(self) -> bool:
+        """Whether this driver holds a slot of the study's budget (``total``) for its next
+        submission, reserving one if not: False when every driver's evaluations, finished and in
+        flight, fill the budget."""
+        if self.total is None or self.coordination is None:
+            return True
+        if self.slot is None:
+            self.slot = self.coordination.reserve_slot(self.total)
+        return self.slot is not None
 
-        assert self.total is not None
-        trials = self.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
-        )
-        # A RUNNING trial is an evaluation once it holds a configuration and waits for no other.
-        busy = sum(
-            1
-            for t in trials
-            if counts_toward_budget(t)
-            and (t.state.is_finished() or ("config" in t.user_attrs and WAITS_FOR not in t.user_attrs))
-        )
-        return busy >= self.total
+    def release_budget_slot(self) -> None:
+        """Gives back the slot reserved for a submission that did not happen, or did not count."""
+        if self.slot is not None and self.coordination is not None:
+            self.coordination.release_slot(self.slot)
+        self.slot = None
 
     def loop(self) -> None:
-        while self.inflight or self.foreign or self.may_submit():
-            while len(self.inflight) < self.max_workers and self.may_submit():
-                self.submit_next()
-            if self.coordination is not None and self.coordination.heartbeat():
-                self.requeue_dead_drivers_trials()
-            self.settle_foreign()
-            if not self.inflight:
-                if self.foreign:
-                    time.sleep(1.0)  # another driver is evaluating what this one waits for
-                    continue
-                break
-            for ref in self.executor.wait(list(self.inflight), timeout=1.0):
-                self.collect(ref, self.inflight.pop(ref))
-            self.enforce_timeouts()
+        try:
+            while self.inflight or self.foreign or self.may_submit():
+                while len(self.inflight) < self.max_workers and self.may_submit():
+                    self.submit_next()
+                if self.coordination is not None and self.coordination.heartbeat():
+                    self.requeue_dead_drivers_trials()
+                self.settle_foreign()
+                if not self.inflight:
+                    if self.foreign:
+                        time.sleep(1.0)  # another driver is evaluating what this one waits for
+                        continue
+                    break
+                for ref in self.executor.wait(list(self.inflight), timeout=1.0):
+                    self.collect(ref, self.inflight.pop(ref))
+                self.enforce_timeouts()
+        finally:
+            self.release_budget_slot()
 
     def submit_next(self) -> None:
         trial = self.study.ask()
         if self.coordination is not None:
             trial.set_user_attr(DRIVER, self.coordination.driver_id)
+            if self.slot is not None:
+                owner = self.coordination.bind_slot(self.slot, trial.number)
+                if owner is not None:
+                    # Another driver popped this same queued trial and counted it first: it is
+                    # that driver's to evaluate, and this driver keeps its slot for the next one.
+                    from optuna.exceptions import UpdateFinishedTrialError
+
+                    with contextlib.suppress(UpdateFinishedTrialError):
+                        trial.set_user_attr(DRIVER, owner)
+                    return
+                self.slot = None
         try:
             config = self.spec.space.suggest(trial)
         except SamplerSpaceError as e:  # the sampler cannot search this space: no later trial could either
@@ -174,6 +187,8 @@ class _Run:
             trial.set_user_attr("proposed_config", config.to_dict())
             config = canonical
         if self.serve_repeat(trial, config) or self.wait_for_other_driver(trial, config):
+            if self.coordination is not None:  # a repeat does not count: its slot goes back
+                self.coordination.release_trial_slots([trial.number])
             return
         self.repeats = 0
         self.submitted += 1
@@ -194,12 +209,15 @@ class _Run:
         another machine, say), so that what this driver waits for, and the budget, move on."""
         assert self.coordination is not None
         alive = {*self.coordination.live_drivers(), self.coordination.driver_id}
-        self.summary.orphans_requeued += requeue_orphans(
+        orphans = requeue_orphans(
             self.study,
             "orphaned: its driver stopped (no heartbeat) before this trial finished; its parameters were queued again",
             alive=alive,
             only_known_drivers=True,
         )
+        self.summary.orphans_requeued += len(orphans)
+        self.coordination.release_trial_slots(orphans)
+        self.coordination.release_unbound_slots(alive)
 
     def wait_for_other_driver(self, trial: Any, config: CompressionConfig) -> bool:
         """Claims ``config`` for ``trial``; returns True when another driver's trial holds the claim

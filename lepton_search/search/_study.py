@@ -256,9 +256,10 @@ def queue_recipes(study: optuna.Study, spec: StudySpec) -> int:
 
 def requeue_orphans(
     study: optuna.Study, reason: str, *, alive: Collection[str] = (), only_known_drivers: bool = False
-) -> int:
+) -> list[int]:
     """Fails every RUNNING trial with ``reason`` and queues its parameters again, except the trials
-    of the drivers in ``alive`` (drivers running the study now, whose trials are theirs).
+    of the drivers in ``alive`` (drivers running the study now, whose trials are theirs). Returns
+    the numbers of the trials it failed.
     ``only_known_drivers`` leaves alone trials that name no driver yet (one just asked for, whose
     driver is about to name itself): a running driver's periodic check passes it."""
     from optuna.trial import TrialState
@@ -276,7 +277,7 @@ def requeue_orphans(
         study.tell(trial.number, state=TrialState.FAIL)
         if trial.params:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-    return len(orphans)
+    return [trial.number for trial in orphans]
 
 
 def counted_trials(study: optuna.Study) -> int:
@@ -382,11 +383,18 @@ def prepare_study(
         spec = with_study_hardware(spec, study)
         summary.warm_started = warm_start(study, spec, locations.storage_url)
         summary.recipes_queued = queue_recipes(study, spec)
-        summary.orphans_requeued = requeue_orphans(
+        alive = coordination.live_drivers()
+        orphans = requeue_orphans(
             study,
             "orphaned: the driver stopped before this trial finished (killed or crashed); its parameters were queued "
             "again",
-            alive=coordination.live_drivers(),
+            alive=alive,
+        )
+        summary.orphans_requeued = len(orphans)
+        coordination.release_trial_slots(orphans)
+        coordination.release_unbound_slots(alive)
+        coordination.ensure_slots(
+            [t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished() and counts_toward_budget(t)]
         )
         request = base_request(spec, locations)
         baseline = ensure_baseline(study, request)

@@ -6,20 +6,26 @@ that driver's heartbeat has stopped. Before evaluating a configuration, a driver
 config hash: the table's primary key lets exactly one claim of a configuration succeed, on SQLite
 and PostgreSQL alike, so a second driver that proposes it waits for the first one's result instead
 of evaluating it again.
+
+The budget is shared the same way: it is a set of numbered slots, and a driver holds one before it
+asks for a trial to evaluate (:meth:`StudyCoordination.reserve_slot`). Counting the study's trials
+instead lets two drivers that count at the same moment both take the last evaluation.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
 import uuid
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from lepton_search.storage._migrate import engine_for, upgrade
-from lepton_search.storage._tables import config_claims, drivers
+from lepton_search.storage._tables import budget_slots, config_claims, drivers
 
 #: Seconds between heartbeats, and without one after which a driver counts as gone.
 HEARTBEAT_S = 5.0
@@ -146,6 +152,112 @@ class StudyCoordination:
                 .values(trial_number=trial_number, driver_id=self.driver_id, claimed_at=time.time())
             )
         return moved.rowcount == 1
+
+    def reserve_slot(self, total: int) -> int | None:
+        """Reserves a budget slot of the study's ``total`` for this driver's next evaluation and
+        returns its number; None when every slot is held (the budget is spent, or in flight).
+
+        Every reserving driver picks the smallest free number, so two that read the same slots
+        pick the same one and the primary key lets only one of them have it; the other reads
+        again."""
+        while True:
+            with self._engine.connect() as conn:
+                taken = set(conn.execute(select(budget_slots.c.slot).where(self._slots_of_study)).scalars())
+            if len(taken) >= total:
+                return None
+            slot = next(number for number in itertools.count() if number not in taken)
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        insert(budget_slots).values(
+                            study_name=self.study_name, slot=slot, driver_id=self.driver_id, reserved_at=time.time()
+                        )
+                    )
+                return slot
+            except IntegrityError:
+                continue
+
+    def bind_slot(self, slot: int, trial_number: int) -> str | None:
+        """Binds this driver's reserved ``slot`` to trial ``trial_number``, which now counts
+        against the budget. Returns None, or, when another driver's slot already holds that trial
+        (both popped one queued trial), that driver's id; ``slot`` then stays reserved here."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(update(budget_slots).where(*self._own_slot(slot)).values(trial_number=trial_number))
+            return None
+        except IntegrityError:
+            with self._engine.connect() as conn:
+                return conn.execute(
+                    select(budget_slots.c.driver_id).where(
+                        self._slots_of_study, budget_slots.c.trial_number == trial_number
+                    )
+                ).scalar_one()
+
+    def release_slot(self, slot: int) -> None:
+        """Gives back this driver's ``slot``: its trial did not count (a repeat), or none was asked."""
+        with self._engine.begin() as conn:
+            conn.execute(delete(budget_slots).where(*self._own_slot(slot)))
+
+    def release_trial_slots(self, trial_numbers: list[int]) -> None:
+        """Gives back the slots of trials that no longer count (orphans failed and queued again)."""
+        if trial_numbers:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    delete(budget_slots).where(self._slots_of_study, budget_slots.c.trial_number.in_(trial_numbers))
+                )
+
+    def release_unbound_slots(self, alive: set[str]) -> None:
+        """Gives back the slots that drivers no longer alive reserved and never bound to a trial."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                delete(budget_slots).where(
+                    self._slots_of_study,
+                    budget_slots.c.trial_number.is_(None),
+                    budget_slots.c.driver_id.not_in(alive | {self.driver_id}),
+                )
+            )
+
+    def ensure_slots(self, trial_numbers: list[int]) -> None:
+        """Gives each of ``trial_numbers`` (the study's evaluations) a slot, if it has none: a study
+        from before budget slots, or evaluations recorded by a driver of that version."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(budget_slots.c.slot, budget_slots.c.trial_number).where(self._slots_of_study)
+            ).all()
+        taken = {slot for slot, _ in rows}
+        missing = sorted(set(trial_numbers) - {number for _, number in rows})
+        numbers = (number for number in itertools.count() if number not in taken)
+        for trial_number in missing:
+            while True:
+                slot = next(numbers)
+                try:
+                    with self._engine.begin() as conn:
+                        conn.execute(
+                            insert(budget_slots).values(
+                                study_name=self.study_name,
+                                slot=slot,
+                                driver_id=self.driver_id,
+                                trial_number=trial_number,
+                                reserved_at=time.time(),
+                            )
+                        )
+                    break
+                except IntegrityError:
+                    # Another driver took this number, or gave this trial its slot first.
+                    with self._engine.connect() as conn:
+                        if conn.execute(
+                            select(budget_slots.c.slot).where(
+                                self._slots_of_study, budget_slots.c.trial_number == trial_number
+                            )
+                        ).first():
+                            break
+
+    @property
+    def _slots_of_study(self) -> Any:
+        return budget_slots.c.study_name == self.study_name
+
+    def _own_slot(self, slot: int) -> tuple[Any, ...]:
+        return self._slots_of_study, budget_slots.c.slot == slot, budget_slots.c.driver_id == self.driver_id
 
 
 def _process_runs(pid: int) -> bool:

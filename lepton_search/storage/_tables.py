@@ -73,4 +73,18 @@ config_claims = Table(
     Column("claimed_at", Float, nullable=False),
 )
 
+#: The study's budget as numbered slots: a driver holds one before it asks for a trial to
+#: evaluate, and binds it to that trial's number. The primary key lets exactly one driver hold a
+#: slot, so drivers that pass the budget check at the same moment cannot both take the last one.
+budget_slots = Table(
+    "lepton_budget_slots",
+    metadata,
+    Column("study_name", String(512), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("driver_id", String(36), nullable=False),
+    Column("trial_number", Integer, nullable=True),
+    Column("reserved_at", Float, nullable=False),
+    UniqueConstraint("study_name", "trial_number", name="uq_lepton_budget_slots_study_trial"),
+)
+
 VERSION_TABLE = "lepton_alembic_version"

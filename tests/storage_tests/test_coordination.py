@@ -97,3 +97,56 @@ def test_a_driver_killed_on_this_host_is_not_alive_even_with_a_fresh_heartbeat(u
     survivor = StudyCoordination(url, "s")
     assert survivor.register() == 1  # its heartbeat is fresh...
     assert survivor.live_drivers() == set()  # ...but its process is gone
+
+
+def test_concurrent_drivers_never_hold_more_budget_slots_than_the_budget(url: str) -> None:
+    coordinators = [StudyCoordination(url, "s") for _ in range(4)]
+    for coordinator in coordinators:
+        coordinator.register()
+    assert coordinators[0].reserve_slot(3) == 0
+    coordinators[0].bind_slot(0, 10)
+    results: list[list[int]] = [[] for _ in coordinators]
+    barrier = threading.Barrier(len(coordinators))
+
+    def reserve(i: int) -> None:
+        barrier.wait()
+        while (slot := coordinators[i].reserve_slot(3)) is not None:
+            results[i].append(slot)
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(len(coordinators))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = sorted(slot for slots in results for slot in slots)
+    assert held == [1, 2], results  # the two slots left, each held once
+    for coordinator in coordinators:
+        coordinator.finish()
+
+
+def test_budget_slots_come_back_from_repeats_orphans_and_dead_drivers(url: str) -> None:
+    first, second = StudyCoordination(url, "s"), StudyCoordination(url, "s")
+    first.register(), second.register()
+    assert first.reserve_slot(2) == 0 and second.reserve_slot(2) == 1 and first.reserve_slot(2) is None
+    assert first.bind_slot(0, 5) is None
+    # Both drivers popped queued trial 5: the second learns whose it is, and keeps its slot.
+    assert second.bind_slot(1, 5) == first.driver_id
+    assert first.reserve_slot(2) is None
+    second.release_slot(1)  # its proposal was a repeat
+    assert second.reserve_slot(2) == 1
+    first.release_trial_slots([5])  # trial 5 was an orphan, queued again
+    assert first.reserve_slot(2) == 0
+    # A driver that died holding an unbound slot gives it back to the living.
+    second.finish()
+    first.release_unbound_slots(alive=set())
+    assert first.reserve_slot(2) == 1 and first.reserve_slot(2) is None
+    first.finish()
+
+
+def test_evaluations_from_before_budget_slots_are_given_slots_once(url: str) -> None:
+    first, second = StudyCoordination(url, "s"), StudyCoordination(url, "s")
+    first.ensure_slots([0, 1, 2])
+    second.ensure_slots([1, 2, 3])  # a second driver starting at once, or a later run
+    assert first.reserve_slot(4) is None and first.reserve_slot(5) == 4
+    first.finish()
+    second.finish()

@@ -26,7 +26,7 @@ def test_migrations_create_only_lepton_tables_beside_optunas(url: str) -> None:
     assert current_revision(engine) is None
     upgrade(engine)
     upgrade(engine)  # idempotent
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     added = set(inspect(engine).get_table_names()) - optuna_tables
     assert added == {
         "lepton_alembic_version",
@@ -35,6 +35,7 @@ def test_migrations_create_only_lepton_tables_beside_optunas(url: str) -> None:
         "lepton_frontier_snapshots",
         "lepton_drivers",
         "lepton_config_claims",
+        "lepton_budget_slots",
     }
     # Optuna still opens its storage and sees its own schema version untouched.
     optuna.create_study(storage=get_storage(url), study_name="still-fine")
@@ -72,5 +73,5 @@ def test_drivers_that_start_together_migrate_once(url: str, tmp_path: Path) -> N
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, errors
     engine = engine_for(url)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     engine.dispose()
