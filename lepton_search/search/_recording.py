@@ -33,7 +33,7 @@ from lepton_search.search._executor import RayExecutor, describe_failure
 from lepton_search.search._spec import StudySpec
 from lepton_search.search._study import ProgressCallback
 from lepton_search.spaces import CompressionConfig
-from lepton_search.storage import ResultCache, cache_key
+from lepton_search.storage import ResultCache, cache_key, set_trial_user_attrs
 
 if TYPE_CHECKING:
     import optuna
@@ -116,10 +116,12 @@ def record_result(
     baseline_accuracy: float,
     cached_from: dict[str, Any] | None = None,
     artifact_id: str | None = None,
-) -> None:
-    """Writes attributes, constraints and the model artifact, then tells Optuna the values.
+) -> str | None:
+    """Stores the model artifact and writes the attributes (in one transaction) and constraints of
+    ``result``; returns the artifact id, and the caller tells Optuna the values (after anything
+    that must be in place when other drivers see the trial COMPLETE, such as its cached result).
 
-    Everything is written before ``tell``: Optuna refuses updates to a finished trial. With
+    Values that are not finite fail the trial instead (told here, with the reason): None. With
     ``artifact_id`` (a repeated configuration) the trial points at that stored model instead of
     uploading a copy.
     """
@@ -129,12 +131,13 @@ def record_result(
     values = objective_values(spec, result)
     if not all(math.isfinite(v) for v in values):
         attrs[FAIL_REASON] = f"non-finite objective values {dict(zip(spec.objective_names, values))}"
-        for key, value in attrs.items():
-            trial.set_user_attr(key, _jsonable(value))
+        set_trial_user_attrs(trial, {key: _jsonable(value) for key, value in attrs.items()})
         study.tell(trial, state=TrialState.FAIL)
-        return
-    for key, value in attrs.items():
-        trial.set_user_attr(key, _jsonable(value))
+        return None
+    if artifact_id is None:
+        artifact_id = upload_model(trial, result, artifact_store)
+    attrs["artifact_id"] = artifact_id
+    set_trial_user_attrs(trial, {key: _jsonable(value) for key, value in attrs.items()})
     constraints = constraint_values(spec, result, baseline_accuracy)
     for key, value in constraints.items():
         trial.set_constraint(key, value)
@@ -142,10 +145,7 @@ def record_result(
         # optuna-dashboard 0.21 reads only the legacy list key; write it too so infeasible trials
         # show as infeasible there.
         study._storage.set_trial_system_attr(trial._trial_id, "constraints", list(constraints.values()))
-    if artifact_id is None:
-        artifact_id = upload_model(trial, result, artifact_store)
-    trial.set_user_attr("artifact_id", artifact_id)
-    study.tell(trial, values)
+    return artifact_id
 
 
 def result_attrs(config: CompressionConfig, result: TrialResult, cached_from: dict[str, Any] | None) -> dict[str, Any]:

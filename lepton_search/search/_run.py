@@ -33,7 +33,7 @@ from lepton_search.objectives._evaluate import load_task
 from lepton_search.search._attrs import DRIVER, DUPLICATE_OF, FAIL_REASON, STUDY_HYPERVOLUME_ATTR, WAITS_FOR
 from lepton_search.search._executor import RayExecutor, describe_failure
 from lepton_search.search._frontier import hypervolume, reference_point
-from lepton_search.search._recording import cached_result, fail_trial, record_result, result_key
+from lepton_search.search._recording import cached_result, fail_trial, objective_values, record_result, result_key
 from lepton_search.search._spec import StudySpec
 from lepton_search.search._study import (
     ProgressCallback,
@@ -360,11 +360,9 @@ class _Run:
         ``duplicate_of`` (number and artifact id of the trial that evaluated ``config``) marks a
         repeated proposal: it shares that trial's model, and does not count against the budget.
         """
-        from optuna.trial import TrialState
-
         if duplicate_of is not None:
             trial.set_user_attr(DUPLICATE_OF, duplicate_of[0])
-        record_result(
+        artifact_id = record_result(
             self.study,
             trial,
             config,
@@ -375,16 +373,35 @@ class _Run:
             cached_from,
             artifact_id=None if duplicate_of is None else duplicate_of[1],
         )
+        if artifact_id is not None:
+            if duplicate_of is None and cached_from is None:
+                # Before the tell: a driver that finds this trial COMPLETE while it waits for the
+                # configuration serves the cached result, and would evaluate it again without one.
+                self.cache_result(trial, config, result, artifact_id)
+            self.study.tell(trial, objective_values(self.spec, result))
         self.check_exhausted()
-        frozen = self.study._storage.get_trial(trial._trial_id)
         if duplicate_of is not None:
             self.summary.duplicates += 1
-            return frozen.state == TrialState.COMPLETE
-        if frozen.state != TrialState.COMPLETE:
-            self.count_failure(trial, config.describe(), frozen.user_attrs.get(FAIL_REASON, ""))
+            return artifact_id is not None
+        if artifact_id is None:
+            self.count_failure(trial, config.describe(), trial.user_attrs.get(FAIL_REASON, ""))
             return False
-        self.count_completion(trial, config, result, cached_from, frozen.user_attrs.get("artifact_id"))
+        self.count_completion(trial, config, result, cached_from, artifact_id)
         return True
+
+    def cache_result(self, trial: Any, config: CompressionConfig, result: TrialResult, artifact_id: str) -> None:
+        """Keeps the fresh ``result`` of ``config`` for repeats, in this and later studies."""
+        payload = {k: v for k, v in dataclasses.asdict(result).items() if k != "onnx_bytes"}
+        # Keyed by the device class the result was measured on (a worker on another node can
+        # differ from this driver's machine): it is served only to lookups for that class.
+        measured_on = device_class_of(result.latency.get("device"))
+        self.cache.put(
+            result_key(self.request, self.fingerprint, config, measured_on),
+            study_name=self.study.study_name,
+            trial_number=trial.number,
+            artifact_id=artifact_id,
+            payload=payload,
+        )
 
     def count_completion(
         self,
@@ -394,22 +411,10 @@ class _Run:
         cached_from: dict[str, Any] | None,
         artifact_id: str | None,
     ) -> None:
-        """Counts a COMPLETE evaluation, extends the hypervolume history, keeps a fresh result for
-        the repeats of ``config`` (in the result cache and this run's index), and reports it."""
+        """Counts a COMPLETE evaluation, extends the hypervolume history, indexes it for the repeats
+        of ``config`` in this run, and reports it."""
         self.summary.completed += 1
         self.hypervolume = self.record_hypervolume(trial.number)
-        if cached_from is None:
-            payload = {k: v for k, v in dataclasses.asdict(result).items() if k != "onnx_bytes"}
-            # Keyed by the device class the result was measured on (a worker on another node can
-            # differ from this driver's machine): it is served only to lookups for that class.
-            measured_on = device_class_of(result.latency.get("device"))
-            self.cache.put(
-                result_key(self.request, self.fingerprint, config, measured_on),
-                study_name=self.study.study_name,
-                trial_number=trial.number,
-                artifact_id=artifact_id,
-                payload=payload,
-            )
         self.evaluated.setdefault(config.config_hash, (trial.number, artifact_id))
         self.notify(
             "trial",

@@ -203,6 +203,25 @@ _USED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 _MAX_ENUMERATED_VALUES = 4096
 
 
+class _OneReadPerTrial:
+    """The study as TPE sees it while it proposes one trial: every read of the study's trials comes
+    from the list that ``Study.ask`` refreshes once per trial.
+
+    With ``constant_liar`` Optuna's TPE reads the storage again for every parameter, to see the
+    other workers' running trials. Here every proposal of a study is made on the driver's one
+    thread, all parameters at once, so those reads return what the first one did: with SQLite they
+    were half of a proposal's time (``benchmarks/driver_overhead.py``)."""
+
+    def __init__(self, study: Any) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> Any:
+        return self._study._get_trials(deepcopy, states, use_cache=True)
+
+
 def _stratified_startup_tpe_class() -> type:
     """:class:`StratifiedStartupTPESampler`, defined on first use so that importing this module does
     not import Optuna.
@@ -252,14 +271,18 @@ def _stratified_startup_tpe_class() -> type:
                 self._startup_rng.seed()
 
             def in_startup(self, study: Any) -> bool:
-                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                done = study._get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True
+                )
                 return len(done) < self._n_startup_trials
 
             def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
                 if not self.in_startup(study):
-                    return super().sample_independent(study, trial, param_name, param_distribution)
+                    return super().sample_independent(_OneReadPerTrial(study), trial, param_name, param_distribution)
                 used = []
-                for t in study.get_trials(deepcopy=False, states=used_states):
+                # Optuna's own samplers read the study through the cache that ``ask`` refreshes once
+                # per trial; reading the storage again for every parameter cost most of a proposal.
+                for t in study._get_trials(deepcopy=False, states=used_states, use_cache=True):
                     if t.number == trial.number:
                         continue
                     params = t.params if t.state != TrialState.WAITING else t.system_attrs.get("fixed_params", {})

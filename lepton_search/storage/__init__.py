@@ -15,6 +15,7 @@ from lepton_search.storage._rdb import (
     mask_url,
     normalize_url,
     scrub,
+    set_trial_user_attrs,
     sqlite_path,
 )
 
@@ -32,5 +33,6 @@ __all__ = [
     "safe_join",
     "safe_name",
     "scrub",
+    "set_trial_user_attrs",
     "sqlite_path",
 ]

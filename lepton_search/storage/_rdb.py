@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lepton_search.errors import StorageError, StudyNotFoundError
 
@@ -204,3 +205,27 @@ def get_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
         if any(secret in "".join(traceback_text(e)) for secret in url_secrets(url)):
             raise error from None
         raise error from e
+
+
+def set_trial_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Writes the user attributes ``attrs`` on the running ``trial`` in one storage transaction.
+
+    Optuna's public ``Trial.set_user_attr`` commits one transaction per attribute, and a trial's
+    record has about thirty: most of the driver's own time per trial went there
+    (``benchmarks/driver_overhead.py``). Optuna's RDB storage writes each attribute inside a
+    session it commits; this opens one such session for all of them. A storage without that
+    method (not an RDB storage, or another Optuna version) gets the public calls, one by one.
+    """
+    backend = getattr(trial.storage, "_backend", trial.storage)
+    write = getattr(backend, "_set_trial_attr_without_commit", None)
+    if write is None or not hasattr(backend, "scoped_session"):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        for key, value in attrs.items():
+            write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+    trial._cached_frozen_trial.user_attrs.update(attrs)
