@@ -64,7 +64,11 @@ one after the other.
   c, m, the time it waited for a measurement window (queried from the window actor just before the
   driver releases the trial, an actor call the driver's own time leaves out) and the rest.
 - ``driver_overhead_fraction`` = the driver's own time in the 2-worker quickstart's trial loop /
-  that run's wall time (measured as in part 1, on the real trials).
+  that run's wall time (measured as in part 1, on the real trials). On a machine whose cores the
+  two workers fill, the driver's code also waits for a core there, so this wall-clock figure
+  includes time in which the workers computed; ``driver_cpu_fraction`` = the CPU seconds of the
+  driver's process in its trial loop (every thread, Ray's client included) / the same wall time is
+  what the driver takes from the machine.
 
 Targets: ``two_drivers_duplicates`` 0; no two-driver study above its budget
 (``two_drivers_over_budget`` 0: the drivers hold numbered budget slots, so two that look at the
@@ -120,6 +124,10 @@ class _Clock:
         self.in_loop = 0
         self.loop_started = 0.0
         self.loop_done_s = 0.0
+        # CPU seconds of the driver's main thread, and of its whole process, inside the trial loop.
+        self.loop_cpu_started = (0.0, 0.0)
+        self.loop_thread_cpu_s = 0.0
+        self.loop_process_cpu_s = 0.0
         self.categories: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.phases: dict[str, float] = {}
@@ -153,6 +161,8 @@ class _Clock:
             "categories_s": self.categories,
             "calls": self.calls,
             "own_s": self.own_s(),
+            "loop_thread_cpu_s": self.loop_thread_cpu_s,
+            "loop_process_cpu_s": self.loop_process_cpu_s,
             "series": self.series,
             "waited_by_owner": self.waited,
             "submitted_configs": self.submitted,
@@ -205,6 +215,7 @@ def _phase(clock: _Clock, name: str, *, loop: bool = False) -> Any:
             if loop:
                 clock.in_loop += 1
                 clock.loop_started = start
+                clock.loop_cpu_started = (time.thread_time(), time.process_time())
                 clock.loops += 1
             try:
                 return fn(*args, **kwargs)
@@ -215,6 +226,8 @@ def _phase(clock: _Clock, name: str, *, loop: bool = False) -> Any:
                 if loop:
                     clock.in_loop -= 1
                     clock.loop_done_s += elapsed
+                    clock.loop_thread_cpu_s += time.thread_time() - clock.loop_cpu_started[0]
+                    clock.loop_process_cpu_s += time.process_time() - clock.loop_cpu_started[1]
 
         return timed
 
@@ -295,6 +308,9 @@ def _install_hooks(clock: _Clock, noop_template: Path | None) -> None:
         (RDBStorage, "set_trial_system_attr"): "attributes",
         (optuna.study.Study, "enqueue_trial"): "attributes",
         (_recording, "upload_model"): "artifact",
+        (_recording, "set_trial_user_attrs"): "attributes",
+        (_run._Run, "cache_result"): "cache",
+        (_run._Run, "trial_state"): "study_reads",
         (_run, "result_key"): "cache",
         (_run, "cached_result"): "cache",
         (ResultCache, "get"): "cache",
@@ -746,6 +762,8 @@ def run_quickstart(workers: int, n_trials: int, directory: Path) -> dict[str, An
         "mean_trial_wall_s": round(sum(t["wall_s"] for t in counted) / len(counted), 2) if counted else None,
         "mean_trial_rest_s": round(sum(rest) / len(rest), 2) if rest else None,
         "driver_own_s": round(timings["own_s"], 2),
+        "driver_cpu_s": round(timings["loop_process_cpu_s"], 2),
+        "driver_main_thread_cpu_s": round(timings["loop_thread_cpu_s"], 2),
         "driver_ms_per_trial": own["ms_per_trial"],
         "driver_categories_ms_per_trial": own["categories_ms_per_trial"],
         "trials": trials,
@@ -861,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
                 one["phases_s"]["trial_loop"] / max(two_w["phases_s"]["trial_loop"], 1e-9), 3
             )
             out["driver_overhead_fraction"] = round(two_w["driver_own_s"] / two_w["wall_s"], 5)
+            out["driver_cpu_fraction"] = round(two_w["driver_cpu_s"] / two_w["wall_s"], 5)
             sqlite_ms = out["driver_ms_per_trial"]["sqlite"]
             out["driver_overhead_fraction_from_noop"] = (
                 round(sqlite_ms / 1000 * two_w["evaluations"] / two_w["wall_s"], 5) if sqlite_ms else None

@@ -271,14 +271,19 @@ def hypervolume(study: optuna.Study, reference: list[float] | None = None) -> fl
     import numpy as np
     from optuna._hypervolume import compute_hypervolume
     from optuna.study import StudyDirection
+    from optuna.trial import TrialState
 
     reference = reference if reference is not None else reference_point(study)
-    best = study.best_trials
-    if reference is None or not best:
+    # Every feasible point, not ``study.best_trials``: dominated points add nothing to the volume,
+    # and best_trials deep-copies every trial of the study, which the driver paid after each trial.
+    feasible = [
+        t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values and is_feasible(t)
+    ]
+    if reference is None or not feasible:
         return 0.0
     signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
     ref = np.asarray(reference, dtype=float) * signs
-    points = np.array([t.values for t in best], dtype=float) * signs
+    points = np.array(feasible, dtype=float) * signs
     points = points[(points < ref).all(axis=1)]
     if len(points) == 0:
         return 0.0

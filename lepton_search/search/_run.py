@@ -94,6 +94,7 @@ class _Run:
         # Evaluations submitted in this run (repeated configurations are not submitted).
         self.submitted = 0
         self.hypervolume = 0.0
+        self.reference: list[float] | None = None  # of the hypervolume (record_hypervolume)
         # With successive halving the full-fidelity study only evaluates promoted (queued) trials.
         self.only_queued = False
         self.fidelity = "full"
@@ -438,8 +439,14 @@ class _Run:
             self.stop("the sampler has proposed every configuration of the space")
 
     def record_hypervolume(self, number: int) -> float:
-        """Appends (trial number, hypervolume) to the study's history and returns the value."""
-        reference = reference_point(self.study)
+        """Appends (trial number, hypervolume) to the study's history and returns the value.
+
+        The reference point is taken once per run, at its first completed trial, so that the run's
+        values share one reference (the one the history records) and are not re-derived from
+        every trial after each one."""
+        if self.reference is None:
+            self.reference = reference_point(self.study)
+        reference = self.reference
         value = hypervolume(self.study, reference)
         history = dict(self.study.user_attrs.get(STUDY_HYPERVOLUME_ATTR) or {})
         history["reference_point"] = reference

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from lepton_search.errors import StorageError
-from lepton_search.storage import get_storage, normalize_url, sqlite_path
+from lepton_search.storage import get_storage, normalize_url, set_trial_user_attrs, sqlite_path
 
 
 def test_sqlite_storage_is_created_in_wal_mode(tmp_path: Path) -> None:
@@ -93,3 +93,22 @@ def test_postgres_timeouts_have_defaults_the_url_and_environment_override(monkey
     monkeypatch.setenv("LEPTON_PG_CONNECT_TIMEOUT_S", "soon")
     with pytest.raises(StorageError, match=r"LEPTON_PG_CONNECT_TIMEOUT_S = 'soon' is not a whole number"):
         postgres_connect_args("postgresql+psycopg://u@h/db")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_user_attributes_written_at_once_read_back_like_optunas_own(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    study = optuna.create_study(storage=get_storage(url), study_name=f"attrs-{time.time_ns()}")
+    trial = study.ask()
+    trial.set_user_attr("label", "old")
+    attrs = {"label": "int8", "ratio_ci": [0.3, 0.4], "device": {"cpu": "EPYC", "isa": ["avx2"]}, "n": None}
+    set_trial_user_attrs(trial, attrs)
+    assert trial.user_attrs == attrs  # the trial object sees them too
+    study.tell(trial, 1.0)
+    fresh = optuna.load_study(study_name=study.study_name, storage=get_storage(url))
+    assert fresh.trials[0].user_attrs == attrs  # the upsert replaced "label"
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_trial_user_attrs(trial, {"late": 1})
+    assert "late" not in optuna.load_study(study_name=study.study_name, storage=get_storage(url)).trials[0].user_attrs
