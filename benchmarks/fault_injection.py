@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lepton_search.search._study import counts_toward_budget
-from lepton_search.testing import study_dict, write_toml
+from lepton_search.testing import FAST_SPACE, study_dict, write_toml
 
 
 def _completed(storage: str) -> dict[int, list[float]]:
@@ -52,7 +52,11 @@ def main() -> int:
     rng = random.Random(args.seed)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lepton-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    data = study_dict(workdir, workdir / "artifacts", budget={"n_trials": args.trials, "workers": 2})
+    # Repeated proposals are served from the cache and not counted, so the space must hold more
+    # distinct configurations than the budget: 3 quantizations x (unpruned, or channel pruning at
+    # 11 ratios with and without distillation) = 69.
+    space = {**FAST_SPACE, "pruning": {"method": ["none", "channel"], "ratio": [0.1, 0.6], "ratio_step": 0.05}}
+    data = study_dict(workdir, workdir / "artifacts", budget={"n_trials": args.trials, "workers": 2}, space=space)
     study_file = write_toml(workdir / "study.toml", data)
     storage = f"sqlite:///{workdir / 'study.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
