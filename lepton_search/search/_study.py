@@ -391,10 +391,10 @@ def prepare_study(
             alive=alive,
         )
         summary.orphans_requeued = len(orphans)
-        coordination.release_trial_slots(orphans)
         coordination.release_unbound_slots(alive)
         finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        # Trials that stopped counting (interrupted and queued again, say) give their slots back.
+        # Trials that stopped counting (orphans just failed and queued again, trials interrupted
+        # by Ctrl-C) give their slots back.
         coordination.release_trial_slots([t.number for t in finished if not counts_toward_budget(t)])
         coordination.ensure_slots([t.number for t in finished if counts_toward_budget(t)])
         request = base_request(spec, locations)

@@ -155,27 +155,8 @@ class StudyCoordination:
 
     def reserve_slot(self, total: int) -> int | None:
         """Reserves a budget slot of the study's ``total`` for this driver's next evaluation and
-        returns its number; None when every slot is held (the budget is spent, or in flight).
-
-        Every reserving driver picks the smallest free number, so two that read the same slots
-        pick the same one and the primary key lets only one of them have it; the other reads
-        again."""
-        while True:
-            with self._engine.connect() as conn:
-                taken = set(conn.execute(select(budget_slots.c.slot).where(self._slots_of_study)).scalars())
-            if len(taken) >= total:
-                return None
-            slot = next(number for number in itertools.count() if number not in taken)
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(
-                        insert(budget_slots).values(
-                            study_name=self.study_name, slot=slot, driver_id=self.driver_id, reserved_at=time.time()
-                        )
-                    )
-                return slot
-            except IntegrityError:
-                continue
+        returns its number; None when every slot is held (the budget is spent, or in flight)."""
+        return self._take_slot(None, total)
 
     def bind_slot(self, slot: int, trial_number: int) -> str | None:
         """Binds this driver's reserved ``slot`` to trial ``trial_number``, which now counts
@@ -221,36 +202,48 @@ class StudyCoordination:
         """Gives each of ``trial_numbers`` (the study's evaluations) a slot, if it has none: a study
         from before budget slots, or evaluations recorded by a driver of that version."""
         with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(budget_slots.c.slot, budget_slots.c.trial_number).where(self._slots_of_study)
-            ).all()
-        taken = {slot for slot, _ in rows}
-        missing = sorted(set(trial_numbers) - {number for _, number in rows})
-        numbers = (number for number in itertools.count() if number not in taken)
-        for trial_number in missing:
-            while True:
-                slot = next(numbers)
-                try:
-                    with self._engine.begin() as conn:
-                        conn.execute(
-                            insert(budget_slots).values(
-                                study_name=self.study_name,
-                                slot=slot,
-                                driver_id=self.driver_id,
-                                trial_number=trial_number,
-                                reserved_at=time.time(),
-                            )
+            held = set(
+                conn.execute(
+                    select(budget_slots.c.trial_number).where(
+                        self._slots_of_study, budget_slots.c.trial_number.is_not(None)
+                    )
+                ).scalars()
+            )
+        for trial_number in sorted(set(trial_numbers) - held):
+            self._take_slot(trial_number, None)
+
+    def _take_slot(self, trial_number: int | None, total: int | None) -> int | None:
+        """Takes the smallest free slot number for ``trial_number`` (None: reserved, not bound yet)
+        and returns it; None when ``total`` slots are held, or when another driver gave
+        ``trial_number`` its slot first.
+
+        Every taker picks the smallest free number, so two that read the same slots pick the same
+        one and the primary key lets only one of them have it; the other reads again."""
+        while True:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(budget_slots.c.slot, budget_slots.c.trial_number).where(self._slots_of_study)
+                ).all()
+            if trial_number is not None and any(number == trial_number for _, number in rows):
+                return None
+            if total is not None and len(rows) >= total:
+                return None
+            taken = {slot for slot, _ in rows}
+            slot = next(number for number in itertools.count() if number not in taken)
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        insert(budget_slots).values(
+                            study_name=self.study_name,
+                            slot=slot,
+                            driver_id=self.driver_id,
+                            trial_number=trial_number,
+                            reserved_at=time.time(),
                         )
-                    break
-                except IntegrityError:
-                    # Another driver took this number, or gave this trial its slot first.
-                    with self._engine.connect() as conn:
-                        if conn.execute(
-                            select(budget_slots.c.slot).where(
-                                self._slots_of_study, budget_slots.c.trial_number == trial_number
-                            )
-                        ).first():
-                            break
+                    )
+                return slot
+            except IntegrityError:
+                continue
 
     @property
     def _slots_of_study(self) -> Any:
