@@ -1,8 +1,9 @@
 """The trial record: what a completed trial measured, as one typed, frozen object.
 
-Optuna keeps a trial's results as user attributes (plain JSON, written by ``_recording.record_result``
-after the worker's ``TrialResult``). :meth:`TrialRecord.from_trial` is the one place that reads
-those attributes back, including the shapes older versions wrote (a trial without a recorded
+Optuna keeps a trial's results as user attributes (plain JSON). :func:`trial_attributes` is the
+one place that writes them from the worker's ``TrialResult``, stamped with the record's schema
+version; :meth:`TrialRecord.from_trial` is the one place that reads them back, refusing a schema
+newer than it knows and reading the shapes older versions wrote (a trial without a recorded
 deployment takes its configuration's, then the study's ``[measurement]``); every reader works on
 the record's attributes. :meth:`TrialRecord.to_json` is the frontier JSON's entry, unchanged from
 the shape ``lepton-search frontier --format json`` has always printed.
@@ -14,11 +15,19 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lepton_search import __version__
 from lepton_search.devices._machine import device_class_of
+from lepton_search.errors import StorageError
 from lepton_search.spaces import CompressionConfig
 
 if TYPE_CHECKING:
     import optuna
+
+    from lepton_search.objectives import TrialResult
+
+#: User attribute holding the :attr:`TrialRecord.SCHEMA_VERSION` a trial's attributes were written
+#: in; trials written before it existed have none and read as version 1.
+RECORD_SCHEMA_ATTR = "record_schema"
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
@@ -179,8 +188,20 @@ class TrialRecord:
         """The record of ``trial``, whose objectives are ``names``: the one reader of its user
         attributes. ``remeasurement`` is its ``lepton:remeasured:N`` study attribute;
         ``default_deployment`` the study's ``[measurement]`` backend, batch size and threads, for
-        trials that recorded none."""
+        trials that recorded none.
+
+        Raises:
+            StorageError: the trial was written by a newer lepton-search, in a schema this one does
+                not know.
+        """
         attrs = trial.user_attrs
+        schema = attrs.get(RECORD_SCHEMA_ATTR, 1)
+        if not isinstance(schema, int) or schema > cls.SCHEMA_VERSION:
+            raise StorageError(
+                f"Trial {trial.number} was recorded in trial-record schema {schema!r}, but this "
+                f"lepton-search ({__version__}) reads schema {cls.SCHEMA_VERSION} and older; upgrade lepton-search "
+                "to read this study."
+            )
         latency = attrs.get("latency", {})
         device = attrs.get("device") or {}
         again = LatencyRecord.from_remeasurement(remeasurement) if remeasurement else None
@@ -280,3 +301,48 @@ def recorded_deployment(attrs: Mapping[str, Any], default: Mapping[str, Any]) ->
         return {k: recorded.get(k) for k in _DEPLOYMENT_KEYS}
     configured = (attrs.get("config") or {}).get("deployment") or {}
     return {k: configured.get(k, default[k]) for k in _DEPLOYMENT_KEYS}
+
+
+def trial_attributes(
+    config: CompressionConfig, result: TrialResult, cached_from: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The user attributes that record ``result`` of ``config`` on its trial, stamped with
+    :attr:`TrialRecord.SCHEMA_VERSION` (:meth:`TrialRecord.from_trial` reads them back). Values may
+    still hold non-finite floats, which the recorder stores as null."""
+    latency = result.latency
+    attrs: dict[str, Any] = {
+        RECORD_SCHEMA_ATTR: TrialRecord.SCHEMA_VERSION,
+        "config": config.to_dict(),
+        "config_hash": config.config_hash,
+        "label": config.describe(),
+        "accuracy": result.accuracy,
+        "test_accuracy": result.test_accuracy,
+        "latency": latency["candidate"],
+        "baseline_latency": latency["baseline"],
+        "ratio_to_baseline": latency["ratio"],
+        "ratio_ci": latency["ratio_ci"],
+        "verdict": latency["verdict"],
+        "noise_band": latency["noise_band"],
+        "slower_than_baseline": latency["verdict"] == "slower",
+        "device": latency["device"],
+        "cost_usd_per_million": result.cost_usd_per_million,
+        "size_bytes": result.size_bytes,
+        "gzip_size_bytes": result.gzip_size_bytes,
+        "parameters": result.parameters,
+        "sparsity": result.sparsity,
+        "timings_s": result.timings_s,
+        "notes": result.notes,
+        "peak_rss_mb": result.peak_rss_mb,
+        # The backend, batch size and threads the trial was measured (and priced) at.
+        "deployment": latency.get("deployment"),
+        "model_format": result.model_format,
+        "graph_ops": result.graph_ops,
+        "student": result.student,
+    }
+    if result.compression_seed is not None:
+        attrs["compression_seed"] = result.compression_seed
+    if "noise_calibration" in latency:
+        attrs["noise_calibration"] = latency["noise_calibration"]
+    if cached_from is not None:
+        attrs["cached_from"] = cached_from
+    return attrs

@@ -30,6 +30,7 @@ from lepton_search.search._attrs import (
     STUDY_OBJECTIVES_ATTR,
 )
 from lepton_search.search._executor import RayExecutor, describe_failure
+from lepton_search.search._record import trial_attributes
 from lepton_search.search._spec import StudySpec
 from lepton_search.search._study import ProgressCallback
 from lepton_search.spaces import CompressionConfig
@@ -127,7 +128,7 @@ def record_result(
     """
     from optuna.trial import TrialState
 
-    attrs = result_attrs(config, result, cached_from)
+    attrs = trial_attributes(config, result, cached_from)
     values = objective_values(spec, result)
     if not all(math.isfinite(v) for v in values):
         attrs[FAIL_REASON] = f"non-finite objective values {dict(zip(spec.objective_names, values))}"
@@ -146,47 +147,6 @@ def record_result(
         # show as infeasible there.
         study._storage.set_trial_system_attr(trial._trial_id, "constraints", list(constraints.values()))
     return artifact_id
-
-
-def result_attrs(config: CompressionConfig, result: TrialResult, cached_from: dict[str, Any] | None) -> dict[str, Any]:
-    """The user attributes that record ``result`` of ``config`` on its trial (``TrialRecord`` reads
-    them back); values may still hold non-finite floats, which :func:`_jsonable` stores as null."""
-    latency = result.latency
-    attrs: dict[str, Any] = {
-        "config": config.to_dict(),
-        "config_hash": config.config_hash,
-        "label": config.describe(),
-        "accuracy": result.accuracy,
-        "test_accuracy": result.test_accuracy,
-        "latency": latency["candidate"],
-        "baseline_latency": latency["baseline"],
-        "ratio_to_baseline": latency["ratio"],
-        "ratio_ci": latency["ratio_ci"],
-        "verdict": latency["verdict"],
-        "noise_band": latency["noise_band"],
-        "slower_than_baseline": latency["verdict"] == "slower",
-        "device": latency["device"],
-        "cost_usd_per_million": result.cost_usd_per_million,
-        "size_bytes": result.size_bytes,
-        "gzip_size_bytes": result.gzip_size_bytes,
-        "parameters": result.parameters,
-        "sparsity": result.sparsity,
-        "timings_s": result.timings_s,
-        "notes": result.notes,
-        "peak_rss_mb": result.peak_rss_mb,
-        # The backend, batch size and threads the trial was measured (and priced) at.
-        "deployment": latency.get("deployment"),
-        "model_format": result.model_format,
-        "graph_ops": result.graph_ops,
-        "student": result.student,
-    }
-    if result.compression_seed is not None:
-        attrs["compression_seed"] = result.compression_seed
-    if "noise_calibration" in latency:
-        attrs["noise_calibration"] = latency["noise_calibration"]
-    if cached_from is not None:
-        attrs["cached_from"] = cached_from
-    return attrs
 
 
 def upload_model(trial: optuna.Trial, result: TrialResult, artifact_store: Any) -> str:

@@ -18,6 +18,7 @@ from lepton_search.search._attrs import DUPLICATE_OF
 from lepton_search.search._executor import RayExecutor
 from lepton_search.search._export import export_trial
 from lepton_search.search._frontier import hypervolume
+from lepton_search.search._record import TrialRecord
 from lepton_search.search._study import counted_trials, open_study
 from lepton_search.spaces import CompressionConfig, DistillConfig, PruneConfig, SearchSpace
 from lepton_search.storage import get_storage
@@ -71,6 +72,7 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
         attrs = trial.user_attrs
         config = CompressionConfig.from_dict(attrs["config"])
         assert attrs["config_hash"] == config.config_hash
+        assert attrs["record_schema"] == TrialRecord.SCHEMA_VERSION
         assert attrs["latency"]["median_ms"] == pytest.approx(trial.values[1])
         assert attrs["latency"]["sessions"] == 2
         lo, hi = attrs["ratio_ci"]

@@ -10,8 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from lepton_search.errors import StorageError
 from lepton_search.search._frontier import frontier, frontier_records
-from lepton_search.search._record import LatencyRecord, TrialRecord
+from lepton_search.search._record import RECORD_SCHEMA_ATTR, LatencyRecord, TrialRecord
 
 DATA = Path(__file__).parent / "data"
 # Written by main on 2026-12-02, before the record existed: three trials of the test study, the
@@ -42,6 +43,19 @@ def test_records_are_the_frontier_and_read_back_from_its_json(old_study: optuna.
         assert record.remeasured is not None and record.shown_latency is record.remeasured
         assert record.speedup == pytest.approx(1 / entry["latency"]["remeasured"]["ratio_to_baseline"])
         assert record.feasible
+
+
+def test_a_trial_recorded_in_a_newer_schema_is_refused_with_both_versions(old_study: optuna.Study) -> None:
+    trial = old_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    newer = optuna.trial.create_trial(
+        values=trial.values,
+        user_attrs={**trial.user_attrs, RECORD_SCHEMA_ATTR: TrialRecord.SCHEMA_VERSION + 1},
+    )
+    names = ["accuracy", "latency_ms"][: len(trial.values)]
+    assert RECORD_SCHEMA_ATTR not in trial.user_attrs  # written before the stamp: read as version 1
+    assert TrialRecord.from_trial(trial, names).number == trial.number
+    with pytest.raises(StorageError, match=rf"schema {TrialRecord.SCHEMA_VERSION + 1}, .* reads schema 1 and older"):
+        TrialRecord.from_trial(newer, names)
 
 
 def test_the_speedup_interval_is_the_ratio_interval_inverted() -> None:
