@@ -37,10 +37,13 @@ TARGETS = {"joint_speedup": 2.2, "joint_over_single": 1.35, "wall_s": 3600.0}
 
 
 def techniques(config: Any) -> list[str]:
-    """The techniques ``config`` applies (a distillation only counts with pruning: alone it is skipped)."""
+    """The techniques ``config`` applies (a distillation counts with pruning, or when it is
+    quantization-aware: otherwise, alone, it is skipped)."""
     used = []
     if config.pruning.method != "none":
         used.append("pruning" + (" + distillation" if config.distillation.method != "none" else ""))
+    elif config.distillation.quantization_aware:
+        used.append("quantization-aware distillation")
     if not config.graph.is_default:
         used.append("graph")
     if config.quantization.precision != "fp32":

@@ -80,11 +80,17 @@ def canonical_config(config: CompressionConfig, task: Task) -> CompressionConfig
     so equal models share one cache entry and one evaluation.
 
     - An embedding model's distillation when nothing is pruned (it is skipped: the student still
-      equals its teacher, see :func:`~lepton_search.objectives._distill.distill`).
+      equals its teacher, see :func:`~lepton_search.objectives._distill.distill`), unless it is
+      quantization-aware (then it trains the student for int8 rounding).
     - Mixed precision with ``fp32_fraction = 0`` (every layer is quantized anyway).
     """
     changes: dict[str, Any] = {}
-    if task.output_kind == "embedding" and config.pruning.method == "none" and config.distillation.method != "none":
+    if (
+        task.output_kind == "embedding"
+        and config.pruning.method == "none"
+        and config.distillation.method != "none"
+        and not config.distillation.quantization_aware
+    ):
         changes["distillation"] = DistillConfig()
     if config.quantization.fp32_fraction == 0.0:
         changes["quantization"] = dataclasses.replace(config.quantization, fp32_fraction=None)
@@ -121,7 +127,9 @@ def _build_student(
         start = time.perf_counter()
         share = _share(config.distillation, steps)
         step_seed = seed if steps == 1 else seed * 100 + step
-        trained = distill(student, teacher, share, task, seed=step_seed, targets=targets)
+        trained = distill(
+            student, teacher, share, task, seed=step_seed, targets=targets, quantization=config.quantization
+        )
         if not trained and config.distillation.method != "none" and DISTILL_SKIPPED_NOTE not in notes:
             notes.append(DISTILL_SKIPPED_NOTE)
         timings["distill_s"] += time.perf_counter() - start
@@ -134,6 +142,12 @@ def _build_student(
         share = _share(config.distillation, steps)
         budget = f"{share.steps} steps" if share.steps is not None else f"{share.epochs} epochs"
         notes.append(f"iterative pruning: {steps} prune-then-distill steps, each distilling for {budget}")
+    if config.distillation.quantization_aware:
+        q = config.quantization
+        notes.append(
+            "quantization-aware distillation: the student was trained through dynamic int8's rounding "
+            f"(weights {'per channel' if q.per_channel else 'per tensor'}, inputs per tensor)"
+        )
     if targets is not None and targets.computed_rows:
         notes.append(f"computed and cached the teacher's embeddings of {targets.computed_rows} training passages")
     return student, timings, notes
@@ -155,7 +169,9 @@ def shrink(
     precision, then loaded by every trial that needs it; ``cache_dir`` also keeps what depth
     pruning measures once per task (block importance) and the teacher's cached embeddings.
     """
-    unchanged = config.distillation.method == "none" or task.output_kind == "embedding"
+    unchanged = config.distillation.method == "none" or (
+        task.output_kind == "embedding" and not config.distillation.quantization_aware
+    )
     if config.pruning.method == "none" and unchanged:
         notes = [DISTILL_SKIPPED_NOTE] if config.distillation.method != "none" else []
         return Student(copy.deepcopy(teacher), {"prune_s": 0.0, "distill_s": 0.0}, notes, StudentInfo("none"))

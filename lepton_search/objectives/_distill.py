@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lepton_search.errors import CompressionError
+from lepton_search.objectives._fake_quant import simulated_dynamic_int8
 from lepton_search.objectives._inputs import run_model, to_torch
-from lepton_search.spaces import DistillConfig
+from lepton_search.spaces import DistillConfig, QuantizeConfig
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,7 @@ def distill(
     *,
     seed: int,
     targets: TeacherTargets | None = None,
+    quantization: QuantizeConfig | None = None,
 ) -> bool:
     """Fine-tunes ``student`` in place from ``teacher`` on the task's training batches.
 
@@ -75,13 +77,19 @@ def distill(
     run in bfloat16 autocast on CPUs with native bf16 (AVX-512 BF16 or AMX), about twice as fast;
     the weights stay fp32. The task's :meth:`~lepton_search.objectives.tasks.Task.frozen_in_distillation`
     modules are not trained.
+
+    With ``config.quantization_aware`` the student's linear layers compute through the rounding of
+    dynamic int8 with ``quantization``'s weight granularity (:mod:`~lepton_search.objectives._fake_quant`),
+    and an embedding student that equals its teacher is trained too: the int8 rounding is what it
+    learns to absorb.
     """
     import torch
 
     if config.method == "none":
         return False
     embedding = task.output_kind == "embedding"
-    if embedding and same_parameters(student, teacher):
+    aware = bool(config.quantization_aware)
+    if embedding and not aware and same_parameters(student, teacher):
         return False
     pairs = hidden_pairs(student, teacher, task) if config.hidden_weight is not None else []
     relations = relation_pairs(student, teacher, task) if config.relation_weight is not None else []
@@ -101,7 +109,12 @@ def distill(
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         watched_s = [s for s, _ in pairs] + [s for s, _ in relations]
         watched_t = [t for _, t in pairs] + [t for _, t in relations]
-        with _captured(watched_s) as student_hidden, _captured(watched_t) as teacher_hidden:
+        simulated = (
+            simulated_dynamic_int8(student, quantization or QuantizeConfig("int8", "dynamic"))
+            if aware
+            else contextlib.nullcontext()
+        )
+        with simulated, _captured(watched_s) as student_hidden, _captured(watched_t) as teacher_hidden:
             loop = _Loop(student, teacher, config, task, optimizer, schedule, student_hidden, teacher_hidden)
             loop.n_hidden = len(pairs)
             loop.targets = targets if not (pairs or relations) else None

@@ -62,6 +62,10 @@ def student_key(task: Task, config: CompressionConfig, seed: int) -> str:
         "seed": seed,
         "precision": training_precision(config.distillation),
     }
+    if config.distillation.quantization_aware:
+        # The rounding it was trained through (objectives/_fake_quant.py).
+        q = config.quantization
+        recipe["simulated_int8"] = {"per_channel": q.per_channel, "reduce_range": bool(q.reduce_range)}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -366,6 +366,11 @@ class DistillConfig:
     The budget is ``epochs`` passes over the task's training data (constant ``learning_rate``,
     Adam: the original recipe), or ``steps`` optimizer steps (AdamW, linear warm-up over the first
     ``warmup`` fraction of the steps, then linear decay to zero), never both.
+
+    ``quantization_aware = True`` (None: off) trains the student through the rounding of dynamic
+    int8 quantization (``objectives/_fake_quant.py``), so that it loses less fidelity when it is
+    quantized; it goes with ``quantization.precision = "int8"`` and ``int8_mode = "dynamic"`` (or
+    fp32, the student alone), and it distils an embedding encoder even when nothing was pruned.
     """
 
     method: DistillMethod = "none"
@@ -377,9 +382,16 @@ class DistillConfig:
     steps: int | None = None
     warmup: float | None = None
     relation_weight: float | None = None
+    quantization_aware: bool | None = None
 
     def __post_init__(self) -> None:
         _check_choice("distillation.method", self.method, DISTILL_METHODS)
+        _require(
+            self.quantization_aware is None or isinstance(self.quantization_aware, bool),
+            f"distillation.quantization_aware = {self.quantization_aware!r} must be true or false.",
+        )
+        # Off is one config, one hash, whether written false or left out.
+        object.__setattr__(self, "quantization_aware", self.quantization_aware or None)
         if self.hidden_weight is not None:
             hidden_weight = _check_number("distillation.hidden_weight", self.hidden_weight)
             _require(
@@ -401,7 +413,8 @@ class DistillConfig:
             # A zero weight is no relation loss (and needs no teacher pass): one config, one hash.
             object.__setattr__(self, "relation_weight", relation_weight or None)
         if self.method == "none":
-            extra = _set_keys(self, ("temperature", "alpha", "hidden_weight", "steps", "warmup", "relation_weight"))
+            keys = ("temperature", "alpha", "hidden_weight", "steps", "warmup", "relation_weight", "quantization_aware")
+            extra = _set_keys(self, keys)
             if not (_is_integer(self.epochs) and self.epochs == 0):
                 extra.append(f"epochs = {self.epochs!r}")
             _require(
@@ -609,6 +622,17 @@ class CompressionConfig:
     def __post_init__(self) -> None:
         if self.deployment.backend is not None:
             check_backend_precision(self.deployment.backend, self.quantization)
+        q = self.quantization
+        # fp32 is allowed: it is how the student's pruning is measured alone (objectives/_factors.py).
+        _require(
+            not self.distillation.quantization_aware
+            or q.precision == "fp32"
+            or (q.precision == "int8" and q.int8_mode == "dynamic"),
+            "distillation.quantization_aware = true trains the student for dynamic int8 quantization, but "
+            f"quantization.precision = {q.precision!r}"
+            + (f" with int8_mode = {q.int8_mode!r}" if q.precision == "int8" else "")
+            + "; use precision 'int8' with int8_mode 'dynamic', or leave quantization_aware out.",
+        )
         if self.graph.is_default:
             return
         if self.deployment.backend is not None:
@@ -724,7 +748,7 @@ class CompressionConfig:
         elif pr.method != "none":
             parts.append(f"{_SHORT_PRUNING.get(pr.method, pr.method)} {pr.ratio:.0%}")
         if self.distillation.method != "none":
-            parts.append(f"{self.distillation.method} KD")
+            parts.append(f"{self.distillation.method} KD" + (" QA" if self.distillation.quantization_aware else ""))
         g = self.graph
         if g.fusion is not None:
             parts.append("fused")
@@ -780,6 +804,8 @@ class CompressionConfig:
                 kd += f" +hidden {d.hidden_weight:.2g}"
             if d.relation_weight is not None:
                 kd += f" +relations {d.relation_weight:.2g}"
+            if d.quantization_aware:
+                kd += " int8-aware"
             parts.append(kd)
         g = self.graph
         if g.fusion is not None:

@@ -463,6 +463,9 @@ class DistillationSpace(_Section):
     given; left out, no hidden-state loss is used. It needs a task that names its hidden layers
     (``Task.hidden_layers``). ``relation_weight`` does the same for MiniLM v2's attention-relation
     loss (``Task.relation_layers``).
+
+    ``quantization_aware`` (``[false, true]``, say) searches whether a distilled student is trained
+    through dynamic int8's rounding; it is asked only of trials quantized to dynamic int8.
     """
 
     method: list[DistillMethod] = Field(default_factory=lambda: ["none", "soft", "hard"])
@@ -478,6 +481,14 @@ class DistillationSpace(_Section):
     relation_weight: tuple[float, float] | None = Field(
         default=None, description="[low, high] within [0, 1]: weight of the attention-relation loss (None: off)"
     )
+    quantization_aware: list[bool] | None = Field(
+        default=None, description="choices of quantization-aware distillation for dynamic int8 trials (None: off)"
+    )
+
+    @field_validator("quantization_aware")
+    @classmethod
+    def _aware(cls, v: list[bool] | None) -> list[bool] | None:
+        return v if v is None else _non_empty_unique(v, "distillation.quantization_aware")
 
     @field_validator("method")
     @classmethod
@@ -542,7 +553,7 @@ class DistillationSpace(_Section):
             raise ValueError(f"learning_rate must be [low, high] with low <= high, got {v!r}")
         return (low, high)
 
-    def suggest(self, trial: TrialLike) -> DistillConfig:
+    def suggest(self, trial: TrialLike, quantization: QuantizeConfig | None = None) -> DistillConfig:
         kd = trial.suggest_categorical("distill_method", self.method)
         if kd == "none":
             return DistillConfig()
@@ -555,12 +566,25 @@ class DistillationSpace(_Section):
             budget["learning_rate"] = trial.suggest_float("distill_learning_rate", *self.learning_rate, log=True)
         else:
             budget["learning_rate"] = self.learning_rate
-        losses = {"hidden_weight": self._hidden(trial), "relation_weight": self._relations(trial)}
+        losses: dict[str, Any] = {"hidden_weight": self._hidden(trial), "relation_weight": self._relations(trial)}
+        if self.asks_quantization_aware(quantization):
+            losses["quantization_aware"] = trial.suggest_categorical(
+                "distill_quantization_aware", self.quantization_aware
+            )
         if kd == "hard":
             return DistillConfig(method="hard", **budget, **losses)
         temperature = trial.suggest_float("distill_temperature", *self.temperature, log=True)
         alpha = trial.suggest_float("distill_alpha", *self.alpha)
         return DistillConfig(method="soft", temperature=temperature, alpha=alpha, **budget, **losses)
+
+    def asks_quantization_aware(self, quantization: QuantizeConfig | None) -> bool:
+        """Whether a trial quantized with ``quantization`` is asked ``distill_quantization_aware``."""
+        return (
+            self.quantization_aware is not None
+            and quantization is not None
+            and quantization.precision == "int8"
+            and quantization.int8_mode == "dynamic"
+        )
 
     def _hidden(self, trial: TrialLike) -> float | None:
         if self.hidden_weight is None:
@@ -589,6 +613,7 @@ class DistillationSpace(_Section):
             checks.append(self.hidden_weight is None and config.hidden_weight is None)
         else:
             checks.append(self.hidden_weight[0] <= config.hidden_weight <= self.hidden_weight[1])
+        checks.append(not config.quantization_aware or True in (self.quantization_aware or []))
         if self.relation_weight is None:
             checks.append(config.relation_weight is None)
         else:  # a relation weight of 0 is stored as None
@@ -601,8 +626,12 @@ class DistillationSpace(_Section):
         return all(checks)
 
     @staticmethod
-    def params_of(config: DistillConfig, space: DistillationSpace | None = None) -> dict[str, Any]:
-        """The parameters of ``config``; the learning rate is one only for a ``space`` that searches it."""
+    def params_of(
+        config: DistillConfig, space: DistillationSpace | None = None, quantization: QuantizeConfig | None = None
+    ) -> dict[str, Any]:
+        """The parameters of ``config``; the learning rate is one only for a ``space`` that searches
+        it, and quantization awareness only for a trial quantized with ``quantization`` that the
+        ``space`` asks it of (or a config that has it on)."""
         params: dict[str, Any] = {"distill_method": config.method}
         if config.method != "none":
             if config.steps is not None:
@@ -618,6 +647,8 @@ class DistillationSpace(_Section):
                 params["distill_hidden_weight"] = config.hidden_weight
             if config.relation_weight is not None or (space is not None and space.relation_weight is not None):
                 params["distill_relation_weight"] = config.relation_weight or 0.0
+            if config.quantization_aware or (space is not None and space.asks_quantization_aware(quantization)):
+                params["distill_quantization_aware"] = bool(config.quantization_aware)
         return params
 
 
@@ -907,7 +938,7 @@ class SearchSpace(_Section):
         return CompressionConfig(
             quantization=quantization,
             pruning=self.pruning.suggest(trial),
-            distillation=self.distillation.suggest(trial),
+            distillation=self.distillation.suggest(trial, quantization),
             deployment=deployment,
             graph=self.graph.suggest(trial, quantization) if onnx_backend else GraphConfig(),
         )
@@ -948,6 +979,8 @@ class SearchSpace(_Section):
             **DeploymentSpace.params_of(config.deployment),
             **quantization,
             **PruningSpace.params_of(config.pruning, space.pruning if space is not None else None),
-            **DistillationSpace.params_of(config.distillation, None if space is None else space.distillation),
+            **DistillationSpace.params_of(
+                config.distillation, None if space is None else space.distillation, config.quantization
+            ),
             **(space.graph if space is not None else GraphSpace()).params_of(config.graph, explicit=space is None),
         }

@@ -149,3 +149,22 @@ def test_steps_that_change_nothing_are_canonicalised_away() -> None:
     assert canonical_config(pruned, embedding) == pruned
     all_int8 = CompressionConfig(quantization=dataclasses.replace(STATIC_INT8, fp32_fraction=0.0))
     assert canonical_config(all_int8, embedding).quantization.fp32_fraction is None
+
+
+def test_a_quantization_aware_student_is_kept_and_shared_with_its_pruning_factor(teacher: Any) -> None:
+    from lepton_search.objectives._factors import factor_configs
+
+    embedding = MiniLMTask.__new__(MiniLMTask)  # only output_kind is read
+    int8 = QuantizeConfig(precision="int8", int8_mode="dynamic")
+    aware = DistillConfig(method="soft", temperature=1.0, alpha=0.0, steps=100, quantization_aware=True)
+    unpruned = CompressionConfig(quantization=int8, distillation=aware)
+    assert canonical_config(unpruned, embedding) == unpruned  # it trains for int8 rounding: not a no-op
+
+    task = teacher.task
+    pruned = CompressionConfig(quantization=int8, pruning=PruneConfig("channel", 0.5), distillation=aware)
+    key = student_key(task, pruned, seed=0)
+    assert student_key(task, factor_configs(pruned)["pruning"], seed=0) == key  # measured alone in fp32
+    plain = dataclasses.replace(pruned, distillation=dataclasses.replace(aware, quantization_aware=None))
+    assert student_key(task, plain, seed=0) != key
+    per_tensor = dataclasses.replace(pruned, quantization=dataclasses.replace(int8, granularity="per_tensor"))
+    assert student_key(task, per_tensor, seed=0) != key  # trained through another rounding

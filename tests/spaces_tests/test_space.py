@@ -455,3 +455,31 @@ def test_quantization_space_validators_reject(data: dict[str, Any], loc: tuple[A
     assert [tuple(e["loc"]) for e in errors] == [loc]
     for part in expected:
         assert part in errors[0]["msg"], f"{part!r} missing from {errors[0]['msg']!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization-aware distillation: asked only of dynamic int8 trials that distil
+# ---------------------------------------------------------------------------------------------
+
+AWARE_SPACE = SearchSpace(
+    quantization=QuantizationSpace(precision=["fp32", "int8"], int8_mode=["dynamic", "static"]),
+    pruning=PruningSpace(method=["none", "channel"]),
+    distillation=DistillationSpace(method=["none", "soft"], steps=[10], quantization_aware=[False, True]),
+)
+
+
+def test_quantization_awareness_is_asked_only_of_distilled_dynamic_int8_trials() -> None:
+    samples = _sample(AWARE_SPACE, 200, seed=11)
+    for trial, config in samples:
+        q, d = config.quantization, config.distillation
+        applies = q.precision == "int8" and q.int8_mode == "dynamic" and d.method != "none"
+        assert ("distill_quantization_aware" in trial.params) == applies
+        assert AWARE_SPACE.contains(config)
+        params = SearchSpace.params_of(config, AWARE_SPACE)
+        assert set(params) == set(trial.params)
+        assert AWARE_SPACE.suggest(FixedTrial(params)) == config
+    assert {c.distillation.quantization_aware for _, c in samples} == {None, True}
+    aware = next(c for _, c in samples if c.distillation.quantization_aware)
+    assert not SearchSpace(distillation=DistillationSpace(method=["soft"], steps=[10])).distillation.contains(
+        aware.distillation
+    )
