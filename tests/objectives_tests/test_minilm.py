@@ -451,6 +451,7 @@ def test_distilling_an_unpruned_encoder_leaves_it_unchanged(tiny_bert_dir: Path,
 
 
 @needs_transformers
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_quantization_aware_distillation_brings_the_int8_encoder_closer_to_its_teacher(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
@@ -513,7 +514,13 @@ def test_tiny_encoder_trial_runs_end_to_end_with_two_named_inputs(
 @needs_transformers
 @pytest.mark.parametrize(
     ("importance", "scope"),
-    [("contribution", None), ("activation", None), ("l2", "global"), ("contribution", "global")],
+    [
+        # The study's own choice stays in the default suite; the others (16 s each) run in the slow pass.
+        pytest.param("contribution", None, marks=pytest.mark.slow),
+        pytest.param("activation", None, marks=pytest.mark.slow),
+        pytest.param("l2", "global", marks=pytest.mark.slow),
+        ("contribution", "global"),
+    ],
 )
 def test_tiny_encoder_heads_and_neurons_by_importance_and_scope(
     tiny_bert_dir: Path, tmp_path: Path, importance: str, scope: str | None
@@ -546,6 +553,7 @@ def test_tiny_encoder_heads_and_neurons_by_importance_and_scope(
 
 
 @needs_transformers
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_tiny_encoder_depth_pruning_drops_a_layer_from_model_config_and_graph(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:

@@ -129,6 +129,7 @@ def test_run_records_every_trial_and_the_frontier(tmp_path: Path, artifacts: Pat
     assert CompressionConfig.from_json(written[1].read_text()).to_dict() == data["trials"][0]["config"]
 
 
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_rerun_continues_the_same_study(tmp_path: Path, artifacts: Path) -> None:
     spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 2})
     run_study(spec, locations=locations)
@@ -147,6 +148,7 @@ def test_rerun_continues_the_same_study(tmp_path: Path, artifacts: Path) -> None
     assert run_study(spec, locations=locations, n_trials=3).completed == 0
 
 
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_orphaned_running_trials_are_failed_and_requeued(tmp_path: Path, artifacts: Path) -> None:
     spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 2})
     study = open_study(spec, locations)
@@ -210,6 +212,7 @@ def test_changing_objectives_of_an_existing_study_is_an_error(tmp_path: Path, ar
         open_study(other, locations)
 
 
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_duplicate_configurations_are_served_from_the_cache(tmp_path: Path, artifacts: Path) -> None:
     """Evaluations are counted at the executor: a repeated configuration is never evaluated again, is
     served from the cache (at once, or when its evaluation in flight finishes), and is not counted."""
@@ -318,6 +321,7 @@ def test_a_study_runs_on_postgresql(tmp_path: Path, artifacts: Path, postgres_ur
     assert frontier(study)["trials"]
 
 
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_a_new_study_is_warm_started_from_another_studys_frontier(tmp_path: Path, artifacts: Path) -> None:
     spec, locations = _spec_and_locations(tmp_path, artifacts, budget={"n_trials": 2})
     _enqueue(spec, locations, CompressionConfig(pruning=PruneConfig("channel", 0.5)), CompressionConfig())

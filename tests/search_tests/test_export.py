@@ -27,6 +27,7 @@ def _outputs(model: Path, inputs: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: inputs})[0]
 
 
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_an_exported_trial_is_rebuilt_from_its_config(tmp_path: Path, artifacts: Path) -> None:
     spec = parse_study(
         study_dict(tmp_path, artifacts, study={"seed": 5}, budget={"n_trials": 2}, measurement={"noise_band": 0.05})

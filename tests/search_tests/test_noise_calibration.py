@@ -14,6 +14,7 @@ from lepton_search.testing import study_dict
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
+@pytest.mark.slow  # about 20 s: run in CI's slow pass, keeping the default suite under 10 minutes
 def test_trials_are_judged_with_the_band_calibrated_on_their_host(tmp_path: Path, artifacts: Path) -> None:
     spec = parse_study(study_dict(tmp_path, artifacts, budget={"n_trials": 3}))
     assert spec.measurement.noise_band == "auto"
