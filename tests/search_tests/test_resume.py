@@ -112,4 +112,7 @@ def test_interrupted_run_continues_where_it_stopped(tmp_path: Path, artifacts: P
         if trial.user_attrs.get("requeued"):
             assert trial.state == TrialState.FAIL
             assert trial.user_attrs["fail_reason"].startswith(("interrupted", "orphaned"))
-            assert any(t.user_attrs.get("retry_of") == trial.number for t in study.trials)
+            # A trial killed after it was asked for but before its parameters were chosen ran nothing:
+            # there is nothing to retry (requeue_orphans queues parameters, not empty trials).
+            if trial.params:
+                assert any(t.user_attrs.get("retry_of") == trial.number for t in study.trials)
