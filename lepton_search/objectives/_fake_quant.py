@@ -76,12 +76,11 @@ def simulated_dynamic_int8(model: torch.nn.Module, config: QuantizeConfig) -> It
     from torch.nn.utils import parametrize
 
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    per_channel = config.per_channel if config.precision == "int8" else True
-    reduce_range = bool(config.reduce_range)
     hooks = []
     try:
         for layer in linears:
-            parametrize.register_parametrization(layer, "weight", _weight_rounding(per_channel, reduce_range))
+            rounding = _weight_rounding(config.per_channel, bool(config.reduce_range))
+            parametrize.register_parametrization(layer, "weight", rounding)
             hooks.append(layer.register_forward_pre_hook(_round_input))
         yield len(linears)
     finally:
